@@ -1,0 +1,105 @@
+"""The one ``Settings`` object (environment prefix ``MAILY_``); the only place that reads the environment."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./maily.db"
+
+
+class Settings(BaseSettings):
+    """Every tunable of a node. Built once by ``create_app`` (tests pass their own)."""
+
+    model_config = SettingsConfigDict(env_prefix="MAILY_", extra="ignore")
+
+    env: Literal["dev", "test", "prod"] = "dev"
+    node_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{secrets.token_hex(3)}")
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # auth (PROTOCOL.md section 0)
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: str | None = None  # PEM, for RS256/ES256
+    jwt_algorithms: list[str] = ["HS256"]
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway_s: float = 30.0
+    api_key: SecretStr | None = None
+    allowed_origins: list[str] = []  # empty: any Origin
+
+    # storage
+    database_url: str = DEFAULT_DATABASE_URL
+    auto_migrate: bool | None = None  # None: migrate on start for SQLite only
+    commit_window_ms: float = Field(default=10.0, ge=0, le=20)
+    compact_after_updates: int = Field(default=1000, ge=10)
+
+    # broker
+    redis_url: str | None = None
+
+    # rooms and limits
+    unload_grace_s: float = 5.0
+    load_timeout_s: float = 10.0
+    max_frame_bytes: int = 64 * 1024
+    max_sync_frame_bytes: int = 16 * 1024 * 1024
+    peer_buffer_max_bytes: int = 2 * 1024 * 1024
+    peer_queue_max: int = 1024  # frames, for connections that cannot be written to directly
+    max_peers_per_room: int = 1000
+    ws_ping_interval_s: float = 20.0
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _one_family(cls, algorithms: list[str]) -> list[str]:
+        families = {alg[:2] for alg in algorithms}
+        if not algorithms or "none" in {a.lower() for a in algorithms}:
+            raise ValueError("jwt_algorithms must name at least one real algorithm")
+        if "HS" in families and len(families) > 1:
+            raise ValueError("never mix HMAC (HS*) with public-key algorithms: that enables key confusion")
+        return algorithms
+
+    @model_validator(mode="after")
+    def _secrets(self) -> Settings:
+        uses_hmac = self.jwt_algorithms[0].startswith("HS")
+        if uses_hmac and self.jwt_secret is None:
+            if self.env == "prod":
+                raise ValueError("MAILY_JWT_SECRET is required when MAILY_ENV=prod")
+            self.jwt_secret = SecretStr(_dev_secret(self.dev_secret_file))
+            self.generated_secret = True
+        if not uses_hmac and not self.jwt_public_key:
+            raise ValueError("MAILY_JWT_PUBLIC_KEY is required for public-key algorithms")
+        return self
+
+    generated_secret: bool = False
+    # where the generated dev secret is kept, so `serve` and `token` agree across processes
+    dev_secret_file: Path = Path(".maily-dev-secret")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def should_migrate(self) -> bool:
+        return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
+
+
+def _dev_secret(path: Path) -> str:
+    """Read the development HS256 secret from ``path``, creating it (mode 0600) on first use."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        secret = secrets.token_urlsafe(32)
+        path.touch(mode=0o600)
+        path.write_text(secret + "\n")
+        log.warning("no MAILY_JWT_SECRET set: generated a development secret", extra={"file": str(path)})
+        return secret

@@ -1,0 +1,72 @@
+"""``create_app(settings)``: the composition root. Wires storage, the update log, rooms and routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+
+from crdt.persist import UpdateLog
+from crdt.room import RoomManager
+from storage.db import make_engine, make_sessionmaker
+from storage.documents import SqlDocumentStore
+from storage.migrate import upgrade
+
+from . import ws
+from .auth import Authenticator
+from .config import Settings
+from .logging import install_redaction
+from .node import Node
+from .routes import health
+from .transport import CaptureWsProtocol
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the ASGI app of one node. ``settings`` defaults to the environment (``MAILY_*``)."""
+    settings = settings or Settings()
+    install_redaction()
+    auth = Authenticator(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Node]]:
+        async with AsyncExitStack() as stack:  # unwinds in reverse: rooms, then update log, then engine
+            if settings.should_migrate:
+                await asyncio.to_thread(upgrade, settings.database_url)
+            engine = make_engine(settings.database_url)
+            stack.push_async_callback(engine.dispose)
+            store = SqlDocumentStore(make_sessionmaker(engine))
+            update_log = await stack.enter_async_context(
+                UpdateLog(
+                    store,
+                    commit_window_s=settings.commit_window_ms / 1000,
+                    compact_after=settings.compact_after_updates,
+                )
+            )
+            rooms = await stack.enter_async_context(
+                RoomManager(
+                    store,
+                    update_log,
+                    node_id=settings.node_id,
+                    unload_grace_s=settings.unload_grace_s,
+                    load_timeout_s=settings.load_timeout_s,
+                    max_frame_bytes=settings.max_frame_bytes,
+                    max_sync_frame_bytes=settings.max_sync_frame_bytes,
+                    max_peers_per_room=settings.max_peers_per_room,
+                )
+            )
+            node = Node(settings, auth, engine, store, update_log, rooms)
+            app.state.node = node  # for code outside a request (tests, the CLI)
+            log.info("node started", extra={"node_id": settings.node_id})
+            yield {"node": node}
+            log.info("node stopping", extra={"node_id": settings.node_id})
+
+    app = FastAPI(title="Maily Realtime", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(CaptureWsProtocol)
+    app.include_router(ws.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,35 @@
+"""The services one process runs, composed by the lifespan in ``app/main.py``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import HTTPConnection
+
+from crdt.persist import UpdateLog
+from crdt.room import RoomManager
+from storage.documents import SqlDocumentStore
+
+from .auth import Authenticator
+from .config import Settings
+
+
+@dataclass(slots=True)
+class Node:
+    settings: Settings
+    auth: Authenticator
+    engine: AsyncEngine
+    store: SqlDocumentStore
+    update_log: UpdateLog
+    rooms: RoomManager
+
+
+def get_node(connection: HTTPConnection) -> Node:
+    """The node serving this request (set by the lifespan as state ``node``)."""
+    return connection.state.node
+
+
+NodeDep = Annotated[Node, Depends(get_node)]

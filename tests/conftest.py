@@ -1,0 +1,169 @@
+"""Shared fixtures: real uvicorn servers on free ports, tokens, and a guard that no token is ever logged."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from app.auth import Authenticator
+from app.config import Settings
+from app.main import create_app
+from app.node import Node
+
+JWT_SECRET = "test-secret-0123456789abcdef0123456789"
+ISSUED_TOKENS: set[str] = set()
+SERVER_LOG_FILES: list[Path] = []  # stderr of server subprocesses, checked by the token guard too
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(record.getMessage() + " " + repr(vars(record)))
+        except Exception:
+            self.lines.append(repr(vars(record)))
+
+
+_COLLECTOR = _Collect()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_token_in_logs() -> Any:
+    """Capture every log record of the whole run (DEBUG and up); at the end, no issued token may appear."""
+    root = logging.getLogger()
+    root.addHandler(_COLLECTOR)
+    previous = root.level
+    root.setLevel(logging.DEBUG)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    yield
+    root.removeHandler(_COLLECTOR)
+    root.setLevel(previous)
+    texts = list(_COLLECTOR.lines) + [p.read_text(errors="replace") for p in SERVER_LOG_FILES if p.exists()]
+    leaked = [token for token in ISSUED_TOKENS if any(token in text for text in texts)]
+    assert not leaked, f"{len(leaked)} issued token(s) appeared in log output"
+    assert texts, "the log guard captured nothing: it is not wired"
+
+
+def test_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "env": "test",
+        "jwt_secret": JWT_SECRET,
+        "node_id": "test-node",
+        "unload_grace_s": 0.2,
+        "commit_window_ms": 5,
+        "log_json": False,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def mint(
+    sub: str = "alice", perms: dict[str, str] | None = None, *, ttl: int = 600, name: str | None = None
+) -> str:
+    """Sign a token with the test secret and remember it for the log guard."""
+    token = Authenticator(test_settings()).issue(
+        sub, name or sub.title(), perms or {"canvas:*": "write"}, ttl_s=ttl
+    )
+    ISSUED_TOKENS.add(token)
+    return token
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    """A real uvicorn serving ``create_app(settings)`` in this event loop."""
+
+    settings: Settings
+    port: int
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def node(self) -> Node:
+        return self.server.config.loaded_app.app.state.node  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        async with asyncio.timeout(15):
+            await self.task
+
+
+async def start_server(settings: Settings, port: int | None = None) -> RunningServer:
+    port = port or free_port()
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,
+        ws_max_size=settings.max_sync_frame_bytes + 64,
+        log_config=None,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(15):
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("uvicorn exited before starting")
+            await asyncio.sleep(0.01)
+    return RunningServer(settings, port, server, task)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'maily.db'}"
+
+
+@pytest.fixture
+async def server_factory() -> AsyncIterator[Callable[..., Any]]:
+    """Start servers with ``await server_factory(**settings_overrides)``; all are stopped at the end."""
+    running: list[RunningServer] = []
+
+    async def start(port: int | None = None, **overrides: Any) -> RunningServer:
+        server = await start_server(test_settings(**overrides), port)
+        running.append(server)
+        return server
+
+    yield start
+    for server in running:
+        if not server.task.done():
+            await server.stop()
+
+
+@pytest.fixture
+async def server(server_factory: Callable[..., Any], sqlite_url: str) -> RunningServer:
+    """One node on an embedded SQLite file."""
+    return await server_factory(database_url=sqlite_url)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
