@@ -24,12 +24,17 @@ ISSUED_TOKENS: set[str] = set()
 SERVER_LOG_FILES: list[Path] = []  # stderr of server subprocesses, checked by the token guard too
 
 
+CLIENT_LOGGERS = ("websockets.client",)
+
+
 class _Collect(logging.Handler):
     def __init__(self) -> None:
         super().__init__(level=logging.DEBUG)
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith(CLIENT_LOGGERS):
+            return  # the test's own WebSocket clients log their request line; the server must not
         try:
             self.lines.append(record.getMessage() + " " + repr(vars(record)))
         except Exception:
