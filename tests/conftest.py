@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,3 +173,74 @@ async def server(server_factory: Callable[..., Any], sqlite_url: str) -> Running
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
+
+
+class ServerProcess:
+    """``maily-realtime serve`` as a real subprocess (for kill -9 and multi-node tests); stopped by PID."""
+
+    def __init__(self, log_dir: Path, port: int | None = None, **env: str) -> None:
+        self.port = port or free_port()
+        self.env = {**os.environ, "MAILY_JWT_SECRET": JWT_SECRET, "MAILY_LOG_LEVEL": "INFO", **env}
+        self.log_path = log_dir / f"server-{self.port}-{len(SERVER_LOG_FILES)}.log"
+        SERVER_LOG_FILES.append(self.log_path)
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> ServerProcess:
+        import httpx
+
+        log_file = self.log_path.open("ab")
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "app.cli", "serve", "--port", str(self.port),
+            env=self.env, stdout=log_file, stderr=log_file,
+        )  # fmt: skip
+        log_file.close()
+        async with httpx.AsyncClient() as http, asyncio.timeout(30):
+            while True:
+                if self.process.returncode is not None:
+                    raise RuntimeError(
+                        f"server exited with {self.process.returncode}: {self.log_path.read_text()}"
+                    )
+                try:
+                    if (await http.get(f"{self.http_url}/healthz")).status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.05)
+
+    async def kill(self) -> None:
+        """SIGKILL: no shutdown hook runs, nothing is flushed."""
+        if self.process and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+    async def stop(self) -> None:
+        if self.process and self.process.returncode is None:
+            self.process.terminate()
+            try:
+                async with asyncio.timeout(15):
+                    await self.process.wait()
+            except TimeoutError:
+                await self.kill()
+
+
+@pytest.fixture
+async def server_processes(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """Start ``ServerProcess``es with ``await server_processes(**env)``; all are stopped at the end."""
+    started: list[ServerProcess] = []
+
+    async def start(port: int | None = None, **env: str) -> ServerProcess:
+        process = ServerProcess(tmp_path, port, **env)
+        started.append(process)
+        return await process.start()
+
+    yield start
+    for process in started:
+        await process.stop()
