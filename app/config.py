@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     commit_window_ms: float = Field(default=10.0, ge=0, le=20)
     compact_after_updates: int = Field(default=1000, ge=10)
 
-    # broker
+    # broker: multi-node operation through Redis is not built yet; setting this refuses to start
     redis_url: str | None = None
 
     # rooms and limits
@@ -75,14 +75,19 @@ class Settings(BaseSettings):
             if self.env == "prod":
                 raise ValueError("MAILY_JWT_SECRET is required when MAILY_ENV=prod")
             self.jwt_secret = SecretStr(_dev_secret(self.dev_secret_file))
-            self.generated_secret = True
+            self._generated_secret = True
         if not uses_hmac and not self.jwt_public_key:
             raise ValueError("MAILY_JWT_PUBLIC_KEY is required for public-key algorithms")
         return self
 
-    generated_secret: bool = False
+    _generated_secret: bool = PrivateAttr(default=False)
     # where the generated dev secret is kept, so `serve` and `token` agree across processes
     dev_secret_file: Path = Path(".maily-dev-secret")
+
+    @property
+    def generated_secret(self) -> bool:
+        """True when no secret was configured and the development secret file is in use."""
+        return self._generated_secret
 
     @property
     def is_sqlite(self) -> bool:

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI app of one node. ``settings`` defaults to the environment (``MAILY_*``)."""
     settings = settings or Settings()
+    if settings.redis_url:
+        # refuse rather than run as an isolated node that silently diverges from its peers
+        raise ValueError("MAILY_REDIS_URL is set, but multi-node operation through Redis is not available yet")
     install_redaction()
     auth = Authenticator(settings)
 
