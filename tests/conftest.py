@@ -120,13 +120,15 @@ class RunningServer:
             await self.task
 
 
-async def start_server(settings: Settings, port: int | None = None) -> RunningServer:
+async def start_server(
+    settings: Settings, port: int | None = None, ws: str = "websockets-sansio"
+) -> RunningServer:
     port = port or free_port()
     config = uvicorn.Config(
         create_app(settings),
         host="127.0.0.1",
         port=port,
-        ws="websockets-sansio",
+        ws=ws,
         ws_per_message_deflate=False,
         ws_max_size=settings.max_sync_frame_bytes + 64,
         log_config=None,
@@ -154,8 +156,10 @@ async def server_factory() -> AsyncIterator[Callable[..., Any]]:
     """Start servers with ``await server_factory(**settings_overrides)``; all are stopped at the end."""
     running: list[RunningServer] = []
 
-    async def start(port: int | None = None, **overrides: Any) -> RunningServer:
-        server = await start_server(test_settings(**overrides), port)
+    async def start(
+        port: int | None = None, ws: str = "websockets-sansio", **overrides: Any
+    ) -> RunningServer:
+        server = await start_server(test_settings(**overrides), port, ws)
         running.append(server)
         return server
 

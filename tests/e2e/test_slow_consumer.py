@@ -1,4 +1,4 @@
-"""A client that never reads is evicted while everyone else keeps receiving; the direct transport path is used."""
+"""A client that never reads is evicted while the others keep receiving, on both sink paths."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import socket
 import pytest
 from pycrdt import Map
 
-from app.transport import TransportSink
+from app.transport import AsgiSink, TransportSink
 from tests.conftest import mint
 from tests.yclient import elements, eventually, yjs_client
 
@@ -55,5 +55,29 @@ async def test_slow_client_is_evicted_and_others_keep_receiving(server_factory, 
                 await eventually(lambda: len(elements(reader)) == 400, timeout=30)
                 await eventually(lambda: len(room.peers) == 2, timeout=10)
                 assert {peer.user_id for peer in room.peers.values()} == {"writer", "reader"}
+            finally:
+                stalled.close()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+async def test_asgi_fallback_sink_serves_and_evicts(server_factory, sqlite_url) -> None:
+    """Under a uvicorn WebSocket implementation we cannot reach into, frames go through ASGI sends."""
+    server = await server_factory(database_url=sqlite_url, ws="websockets", peer_queue_max=16)
+    async with yjs_client(server.ws_url, "asgi", mint("writer")) as (writer, _, _):
+        async with yjs_client(server.ws_url, "asgi", mint("reader")) as (reader, _, _):
+            room = server.node.rooms.get("asgi")
+            assert all(isinstance(peer.sink, AsgiSink) for peer in room.peers.values())
+            stalled = await asyncio.to_thread(
+                _stalled_client, server.port, f"/yjs/asgi?token={mint('stalled')}"
+            )
+            try:
+                await eventually(lambda: len(room.peers) == 3)
+                blob = "y" * 8000
+                for i in range(800):
+                    elements(writer)[f"e{i}"] = Map({"blob": blob})
+                    if i % 20 == 0:
+                        await asyncio.sleep(0.01)
+                await eventually(lambda: len(elements(reader)) == 800, timeout=30)
+                await eventually(lambda: len(room.peers) == 2, timeout=10)
             finally:
                 stalled.close()
