@@ -181,7 +181,9 @@ class Room:
 
     def _receive_awareness(self, peer: Peer, entries: tuple[AwarenessEntry, ...], frame: bytes) -> None:
         if self.awareness.apply(entries, peer.peer_id):
-            self._broadcast(OutFrame(frame), exclude=peer)
+            # echoed to the sender too, as y-websocket's server does: a client alone in a room
+            # otherwise hears nothing for 30 s and drops the connection as dead
+            self._broadcast(OutFrame(frame), exclude=None)
 
     # -- changes -----------------------------------------------------------------------------
 

@@ -72,6 +72,8 @@ async def test_awareness_is_relayed_and_removed_on_leave(server) -> None:
             await raw.recv()  # sync step 1
             await raw.send(protocol.encode_awareness([entry]))
             await eventually(lambda: protocol.encode_awareness([entry]) in watcher.received)
+            echoed = await asyncio.wait_for(raw.recv(), 5)
+            assert echoed == protocol.encode_awareness([entry])  # y-websocket clients rely on the echo
         removal = protocol.encode_awareness([protocol.AwarenessEntry(1234, 2, "null")])
         await eventually(lambda: removal in watcher.received)
         # a newcomer does not see the departed client's state
