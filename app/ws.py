@@ -18,7 +18,7 @@ from crdt.peer import Peer
 from crdt.room import Room
 
 from .auth import Principal, Role, check_canvas_id
-from .errors import AppError, AuthFailed, Forbidden, TokenExpired, close_code_for, http_status_for
+from .errors import AppError, Forbidden, TokenExpired, close_code_for, http_status_for
 from .node import Node
 from .transport import AsgiSink, TransportSink, open_sink
 
@@ -164,5 +164,3 @@ async def close(websocket: WebSocket, peer: Peer, error: CrdtError | AppError) -
     except (TimeoutError, RuntimeError, OSError):
         peer.sink.abort()
 
-
-__all__ = ["AuthFailed", "router"]
