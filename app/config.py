@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     commit_window_ms: float = Field(default=10.0, ge=0, le=20)
     compact_after_updates: int = Field(default=1000, ge=10)
 
+    # snapshots (README "Snapshots"): automatic ones every N updates or on a schedule, newest K kept
+    auto_snapshot_every_updates: int = Field(default=500, ge=0)  # 0: no count trigger
+    auto_snapshot_interval_s: float = Field(default=300.0, ge=0)  # 0: no schedule
+    auto_snapshot_keep: int = Field(default=20, ge=1)
+    pre_restore_snapshot_keep: int = Field(default=20, ge=1)
+    request_timeout_s: float = Field(default=10.0, gt=0)  # longest wait of a REST call on storage/rooms
+
     # broker: multi-node operation through Redis is not built yet; setting this refuses to start
     redis_url: str | None = None
 

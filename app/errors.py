@@ -1,11 +1,23 @@
-"""Application errors and the only tables that turn error codes into close codes and HTTP statuses."""
+"""Application errors and the only tables that turn error codes into close codes and HTTP statuses.
+
+Also the REST API's exception handlers: every error becomes ``{"error": {"code", "message"}}``.
+"""
 
 from __future__ import annotations
 
+import logging
 from enum import IntEnum
-from typing import ClassVar
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crdt.errors import CrdtError
+from storage.errors import StorageError
+
+log = logging.getLogger(__name__)
 
 
 class AppError(Exception):
@@ -91,6 +103,10 @@ HTTP_STATUSES: dict[str, int] = {
     "not_found": 404,
     "room_unavailable": 503,
     "storage_unavailable": 503,
+    "validation_failed": 422,
+    "method_not_allowed": 405,
+    "room_closed": 404,
+    "server_shutdown": 503,
 }
 
 
@@ -101,3 +117,80 @@ def close_code_for(error: CrdtError | AppError) -> CloseCode:
 
 def http_status_for(code: str) -> int:
     return HTTP_STATUSES.get(code, 500)
+
+
+# -- REST errors ----------------------------------------------------------------------------------------
+
+# codes for errors Starlette raises itself (unknown route, wrong method)
+_HTTP_EXCEPTION_CODES: dict[int, str] = {
+    401: "auth_failed",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+}
+
+
+def rest_code(error: CrdtError | AppError | StorageError) -> str:
+    """The REST ``error.code`` of ``error``: the JSON protocol's code for gateway errors, else upper-case."""
+    if isinstance(error, AppError):
+        return error.wire_code
+    return error.code.upper()
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    """``{"error": {"code", "message", ...}}``, the body of every REST error."""
+    return {"error": {"code": code, "message": message, **extra}}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Make every error of ``app``'s HTTP routes a JSON error body with the status from ``HTTP_STATUSES``."""
+    app.add_exception_handler(AppError, _known_error)
+    app.add_exception_handler(CrdtError, _known_error)
+    app.add_exception_handler(StorageError, _known_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_exception)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+async def _known_error(request: Request, exc: Exception) -> JSONResponse:
+    if request.scope["type"] != "http":
+        raise exc  # WebSocket routes close with their own codes
+    if not isinstance(exc, CrdtError | AppError | StorageError):
+        return await _unexpected_error(request, exc)
+    status = http_status_for(exc.code)
+    if status >= 500:
+        log.warning("request failed", extra={"path": request.url.path, "reason": exc.code})
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(error_body(rest_code(exc), str(exc)), status_code=status, headers=headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    if request.scope["type"] != "http":
+        raise exc
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    details = [
+        {"field": ".".join(str(part) for part in error.get("loc", ())), "message": error.get("msg", "")}
+        for error in errors
+    ] or [{"field": "request", "message": "invalid request"}]
+    first = details[0]
+    body = error_body(
+        "VALIDATION_FAILED", f"{first['field']}: {first['message']}", field=first["field"], details=details
+    )
+    return JSONResponse(body, status_code=http_status_for("validation_failed"))
+
+
+async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
+    status = exc.status_code if isinstance(exc, StarletteHTTPException) else 500
+    code = _HTTP_EXCEPTION_CODES.get(status, "internal_error" if status >= 500 else "invalid_message")
+    message = str(exc.detail) if isinstance(exc, StarletteHTTPException) else "error"
+    headers = getattr(exc, "headers", None)
+    return JSONResponse(error_body(code.upper(), message), status_code=status, headers=headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error(
+        "unhandled error in request",
+        extra={"path": request.url.path, "error": type(exc).__name__},
+        exc_info=exc,
+    )
+    return JSONResponse(error_body("INTERNAL_ERROR", "internal server error"), status_code=500)

@@ -17,10 +17,13 @@ from storage.migrate import upgrade
 
 from . import ws
 from .auth import Authenticator
+from .canvases import AutoSnapshotter, CanvasService
 from .config import Settings
+from .errors import install_error_handlers
 from .logging import install_redaction
 from .node import Node
-from .routes import health
+from .notify import Notifier
+from .routes import canvases, health, notifications, snapshots
 from .transport import CaptureWsProtocol
 
 log = logging.getLogger(__name__)
@@ -62,7 +65,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     max_peers_per_room=settings.max_peers_per_room,
                 )
             )
-            node = Node(settings, auth, engine, store, update_log, rooms)
+            canvas_service = CanvasService(
+                store,
+                rooms,
+                update_log,
+                pre_restore_keep=settings.pre_restore_snapshot_keep,
+                timeout_s=settings.request_timeout_s,
+            )
+            auto_snapshots = await stack.enter_async_context(
+                AutoSnapshotter(
+                    canvas_service,
+                    every_updates=settings.auto_snapshot_every_updates,
+                    interval_s=settings.auto_snapshot_interval_s,
+                    keep=settings.auto_snapshot_keep,
+                )
+            )
+            notifier = Notifier(publish=None)  # the JSON channel protocol's publisher, once it exists
+            node = Node(
+                settings, auth, engine, store, update_log, rooms, canvas_service, auto_snapshots, notifier
+            )
             app.state.node = node  # for code outside a request (tests, the CLI)
             log.info("node started", extra={"node_id": settings.node_id})
             yield {"node": node}
@@ -72,4 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(CaptureWsProtocol)
     app.include_router(ws.router)
     app.include_router(health.router)
+    app.include_router(canvases.router)
+    app.include_router(snapshots.router)
+    app.include_router(notifications.router)
+    install_error_handlers(app)
     return app

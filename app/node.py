@@ -14,7 +14,9 @@ from crdt.room import RoomManager
 from storage.documents import SqlDocumentStore
 
 from .auth import Authenticator
+from .canvases import AutoSnapshotter, CanvasService
 from .config import Settings
+from .notify import Notifier
 
 
 @dataclass(slots=True)
@@ -25,6 +27,9 @@ class Node:
     store: SqlDocumentStore
     update_log: UpdateLog
     rooms: RoomManager
+    canvases: CanvasService
+    auto_snapshots: AutoSnapshotter
+    notifier: Notifier
 
 
 def get_node(connection: HTTPConnection) -> Node:
