@@ -62,6 +62,27 @@ class Settings(BaseSettings):
     max_peers_per_room: int = 1000
     ws_ping_interval_s: float = 20.0
 
+    # JSON channel protocol (PROTOCOL.md section 2, "Limits")
+    max_message_bytes: int = 64 * 1024  # one JSON or MessagePack message
+    max_message_depth: int = Field(default=32, ge=2)  # nesting of objects and arrays in one message
+    rate_limit_per_s: float = Field(default=100.0, gt=0)  # messages per user, all connections together
+    rate_limit_burst: float = Field(default=100.0, ge=1)  # token bucket size
+    rate_limit_close_after: float = Field(default=100.0, ge=1)  # refused messages (decaying) before 4008
+    max_channels_per_connection: int = 100
+    max_connections_per_user: int = 20
+    max_users_per_canvas: int = 1000
+    idle_timeout_s: float = Field(default=60.0, gt=0)  # no frame at all for this long: close 4010
+    heartbeat_interval_s: float = Field(default=25.0, gt=0)  # advertised in connection_ack
+    session_ttl_s: float = 900.0  # a disconnected session stays resumable this long
+    history_ttl_s: float = 900.0  # channel history (except :cursor channels)
+    history_max_per_channel: int = Field(default=10_000, ge=1)
+    history_replay_max: int = Field(default=100, ge=0)  # publications sent for options.history = true
+    token_expiring_before_s: float = 60.0  # token_expiring is sent this long before expiry
+    presence_idle_after_s: float = Field(default=60.0, gt=0)  # no cursor or edit: presence "idle"
+    lock_ttl_s: float = Field(default=300.0, gt=0)  # element locks expire after this long
+    max_cursor_batch: int = Field(default=100, ge=1)  # positions in one cursor_batch
+    max_prompt_chars: int = Field(default=4000, ge=1)
+
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -60,6 +60,59 @@ class NotFound(AppError):
     wire_code = "NOT_FOUND"
 
 
+class MessageTooLarge(AppError):
+    """A JSON-protocol message over ``max_message_bytes`` (closes with 1009)."""
+
+    code = "frame_too_large"
+    wire_code = "INVALID_MESSAGE"
+
+
+class RateLimited(AppError):
+    """Over the per-user message rate (the message is dropped; closes with 4008 if it persists)."""
+
+    code = "rate_limited"
+    wire_code = "RATE_LIMITED"
+    retryable = True
+
+
+class SubscriptionFailed(AppError):
+    """A subscription could not be made or restored (channel limit, canvas full, history gap)."""
+
+    code = "subscription_failed"
+    wire_code = "SUBSCRIPTION_FAILED"
+
+
+class TooManyConnections(AppError):
+    """The user already has ``max_connections_per_user`` open connections (closes with 4009)."""
+
+    code = "too_many_connections"
+    wire_code = "TOO_MANY_CONNECTIONS"
+    retryable = True
+
+
+class IdleTimeout(AppError):
+    """No frame for ``idle_timeout_s`` (closes with 4010)."""
+
+    code = "idle_timeout"
+    wire_code = "IDLE_TIMEOUT"
+    retryable = True
+
+
+class SessionTakenOver(AppError):
+    """Another connection resumed this connection's session (closes with 1000)."""
+
+    code = "session_taken_over"
+    wire_code = "SESSION_TAKEN_OVER"
+
+
+class AiUnavailable(AppError):
+    """No AI assistant can answer on this server (an addition to PROTOCOL.md's codes)."""
+
+    code = "ai_unavailable"
+    wire_code = "AI_UNAVAILABLE"
+    retryable = True
+
+
 class CloseCode(IntEnum):
     """WebSocket close codes (PROTOCOL.md "Errors and close codes"; 45xx: retry with backoff)."""
 
@@ -94,6 +147,17 @@ CLOSE_CODES: dict[str, CloseCode] = {
     "slow_consumer": CloseCode.SLOW_CONSUMER,
     "server_shutdown": CloseCode.RESTART,
     "peer_left": CloseCode.NORMAL,
+    "session_taken_over": CloseCode.NORMAL,
+}
+
+# JSON-protocol ``error.code`` for errors raised below the gateway (AppErrors carry ``wire_code``).
+WIRE_CODES: dict[str, str] = {
+    "edit_refused": "INVALID_MESSAGE",
+    "element_locked": "FORBIDDEN",
+    "history_unavailable": "SUBSCRIPTION_FAILED",
+    "room_full": "SUBSCRIPTION_FAILED",
+    "room_unavailable": "INTERNAL_ERROR",
+    "server_shutdown": "INTERNAL_ERROR",
 }
 
 HTTP_STATUSES: dict[str, int] = {
@@ -113,6 +177,13 @@ HTTP_STATUSES: dict[str, int] = {
 def close_code_for(error: CrdtError | AppError) -> CloseCode:
     """The close code a client sees for ``error`` (1011 for anything unmapped)."""
     return CLOSE_CODES.get(error.code, CloseCode.INTERNAL)
+
+
+def wire_code_for(error: CrdtError | AppError) -> str:
+    """The JSON protocol's ``error.code`` for ``error`` (``INTERNAL_ERROR`` for anything unmapped)."""
+    if isinstance(error, AppError):
+        return error.wire_code
+    return WIRE_CODES.get(error.code, "INTERNAL_ERROR")
 
 
 def http_status_for(code: str) -> int:
@@ -181,6 +252,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
     status = exc.status_code if isinstance(exc, StarletteHTTPException) else 500
+    if status == 400:  # FastAPI could not even decode the body: a validation error of the field "body"
+        message = f"body: {exc.detail}" if isinstance(exc, StarletteHTTPException) else "body: undecodable"
+        body = error_body(
+            "VALIDATION_FAILED", message, field="body", details=[{"field": "body", "message": message}]
+        )
+        return JSONResponse(body, status_code=http_status_for("validation_failed"))
     code = _HTTP_EXCEPTION_CODES.get(status, "internal_error" if status >= 500 else "invalid_message")
     message = str(exc.detail) if isinstance(exc, StarletteHTTPException) else "error"
     headers = getattr(exc, "headers", None)

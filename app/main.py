@@ -9,16 +9,18 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
+from crdt.broker_memory import InMemoryBroker
 from crdt.persist import UpdateLog
 from crdt.room import RoomManager
 from storage.db import make_engine, make_sessionmaker
 from storage.documents import SqlDocumentStore
 from storage.migrate import upgrade
 
-from . import ws
+from . import json_ws, ws
 from .auth import Authenticator
 from .canvases import AutoSnapshotter, CanvasService
 from .config import Settings
+from .gateway import Gateway
 from .errors import install_error_handlers
 from .logging import install_redaction
 from .node import Node
@@ -34,7 +36,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     if settings.redis_url:
         # refuse rather than run as an isolated node that silently diverges from its peers
-        raise ValueError("MAILY_REDIS_URL is set, but multi-node operation through Redis is not available yet")
+        raise ValueError(
+            "MAILY_REDIS_URL is set, but multi-node operation through Redis is not available yet"
+        )
     install_redaction()
     auth = Authenticator(settings)
 
@@ -65,6 +69,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     max_peers_per_room=settings.max_peers_per_room,
                 )
             )
+            broker = InMemoryBroker(
+                history_ttl_s=settings.history_ttl_s, history_max=settings.history_max_per_channel
+            )
+            gateway = await stack.enter_async_context(Gateway(settings, auth, rooms, update_log, broker))
             canvas_service = CanvasService(
                 store,
                 rooms,
@@ -80,9 +88,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     keep=settings.auto_snapshot_keep,
                 )
             )
-            notifier = Notifier(publish=None)  # the JSON channel protocol's publisher, once it exists
+            notifier = Notifier(publish=gateway.publish_message)
             node = Node(
-                settings, auth, engine, store, update_log, rooms, canvas_service, auto_snapshots, notifier
+                settings,
+                auth,
+                engine,
+                store,
+                update_log,
+                rooms,
+                canvas_service,
+                auto_snapshots,
+                notifier,
+                broker=broker,
+                gateway=gateway,
             )
             app.state.node = node  # for code outside a request (tests, the CLI)
             log.info("node started", extra={"node_id": settings.node_id})
@@ -92,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Maily Realtime", version="0.1.0", lifespan=lifespan)
     app.add_middleware(CaptureWsProtocol)
     app.include_router(ws.router)
+    app.include_router(json_ws.router)
     app.include_router(health.router)
     app.include_router(canvases.router)
     app.include_router(snapshots.router)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import HTTPConnection
 
+from crdt.broker import Broker
 from crdt.persist import UpdateLog
 from crdt.room import RoomManager
 from storage.documents import SqlDocumentStore
@@ -16,6 +17,7 @@ from storage.documents import SqlDocumentStore
 from .auth import Authenticator
 from .canvases import AutoSnapshotter, CanvasService
 from .config import Settings
+from .gateway import Gateway
 from .notify import Notifier
 
 
@@ -27,6 +29,8 @@ class Node:
     store: SqlDocumentStore
     update_log: UpdateLog
     rooms: RoomManager
+    broker: Broker = field(kw_only=True)  # channel streams (PROTOCOL.md 2.3)
+    gateway: Gateway = field(kw_only=True)  # the JSON channel protocol; ``publish`` for server messages
     canvases: CanvasService
     auto_snapshots: AutoSnapshotter
     notifier: Notifier

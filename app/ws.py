@@ -14,7 +14,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.responses import JSONResponse
 
 from crdt.errors import BadMessage, CrdtError, PeerLeft, SlowConsumer
-from crdt.peer import Peer
+from crdt.peer import FrameSink, Peer
 from crdt.room import Room
 
 from .auth import Principal, Role, check_canvas_id
@@ -63,7 +63,7 @@ async def yjs_socket(websocket: WebSocket, canvas_id: str) -> None:
             error = await _relay(websocket, room, peer, sink, principal)
     except (CrdtError, AppError) as exc:
         error = exc
-    await close(websocket, peer, error)
+    await close(websocket, peer.sink, error)
     log.info(
         "yjs peer closed",
         extra={
@@ -154,7 +154,7 @@ async def deny(websocket: WebSocket, error: AppError) -> None:
         await websocket.close(code=close_code_for(error), reason=error.code)
 
 
-async def close(websocket: WebSocket, peer: Peer, error: CrdtError | AppError) -> None:
+async def close(websocket: WebSocket, sink: FrameSink, error: CrdtError | AppError) -> None:
     """Close the connection with the code for ``error``; abort it when the close cannot get through."""
     if isinstance(error, PeerLeft | SlowConsumer):
         return  # gone already, or aborted by the peer
@@ -162,5 +162,4 @@ async def close(websocket: WebSocket, peer: Peer, error: CrdtError | AppError) -
         async with asyncio.timeout(_CLOSE_TIMEOUT_S):
             await websocket.close(code=close_code_for(error), reason=error.code)
     except (TimeoutError, RuntimeError, OSError):
-        peer.sink.abort()
-
+        sink.abort()

@@ -67,3 +67,15 @@ class PeerLeft(CrdtError):
     """The client went away; not an error to report, only a reason to stop serving it."""
 
     code = "peer_left"
+
+
+class EditRefused(CrdtError):
+    """A canvas edit that cannot be applied as asked (bad fields, unknown or existing item)."""
+
+    code = "edit_refused"
+
+
+class ElementLocked(CrdtError):
+    """The element (or its layer) is locked by another user."""
+
+    code = "element_locked"

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from types import TracebackType
 
@@ -57,9 +57,16 @@ class Change:
     user_name: str | None
     items: tuple[ItemChange, ...]  # per element/layer: what the transaction did to it
     log_seq: int | None  # sequence number in the update log, for ``UpdateLog.wait_durable``
+    tag: object = None  # what the caller of ``Room.transact`` passed, opaque to the room
+    peer_id: str | None = None  # the peer whose update this was (origin PEER)
 
 
 ChangeObserver = Callable[["Room", Change], None]
+AwarenessObserver = Callable[["Room", "list[AwarenessEntry]", str], None]
+"""Called with the entries that changed the room's awareness and their owner (a peer id, or the
+owner passed to ``set_server_awareness``)."""
+PeerObserver = Callable[["Room", Peer, bool], None]
+"""Called when a peer is seated (``True``) or leaves (``False``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +75,16 @@ class _Source:
     peer: Peer | None = None
     user_id: str | None = None
     user_name: str | None = None
+    tag: object = None
+
+
+@dataclass(slots=True)
+class RoomObservers:
+    """Callbacks the room manager's rooms report to; each runs synchronously and must not block."""
+
+    changes: list[ChangeObserver] = field(default_factory=list)
+    awareness: list[AwarenessObserver] = field(default_factory=list)
+    peers: list[PeerObserver] = field(default_factory=list)
 
 
 class Room:
@@ -87,6 +104,7 @@ class Room:
         max_sync_frame_bytes: int,
         max_peers: int,
         observers: list[ChangeObserver],
+        extra_observers: RoomObservers | None = None,
     ) -> None:
         self.canvas_id = canvas_id
         self.doc = Doc()
@@ -102,6 +120,7 @@ class Room:
         self._max_sync_frame_bytes = max_sync_frame_bytes
         self._max_peers = max_peers
         self._observers = observers
+        self._extra = extra_observers or RoomObservers()
         self._source: _Source | None = None
         self._collector = ChangeCollector()
         self._collector.observe(self.doc)
@@ -130,6 +149,7 @@ class Room:
         entries = self.awareness.entries()
         if entries:
             peer.send(OutFrame(protocol.encode_awareness(entries)))
+        self._notify(self._extra.peers, peer, True)
 
     def remove_peer(self, peer: Peer) -> None:
         """Unseat ``peer`` and tell the others its awareness states are gone."""
@@ -138,6 +158,8 @@ class Room:
         removals = self.awareness.remove_owner(peer.peer_id)
         if removals:
             self._broadcast(OutFrame(protocol.encode_awareness(removals)), exclude=None)
+            self._notify(self._extra.awareness, removals, peer.peer_id)
+        self._notify(self._extra.peers, peer, False)
 
     # -- inbound -----------------------------------------------------------------------------
 
@@ -180,10 +202,12 @@ class Room:
         self.apply_update(update, _Source(Origin.PEER, peer, peer.user_id, peer.user_name))
 
     def _receive_awareness(self, peer: Peer, entries: tuple[AwarenessEntry, ...], frame: bytes) -> None:
-        if self.awareness.apply(entries, peer.peer_id):
+        changed = self.awareness.apply(entries, peer.peer_id)
+        if changed:
             # echoed to the sender too, as y-websocket's server does: a client alone in a room
             # otherwise hears nothing for 30 s and drops the connection as dead
             self._broadcast(OutFrame(frame), exclude=None)
+            self._notify(self._extra.awareness, changed, peer.peer_id)
 
     # -- changes -----------------------------------------------------------------------------
 
@@ -202,12 +226,13 @@ class Room:
         self.apply_update(protocol.check_update(update), _Source(Origin.BROKER))
 
     @contextmanager
-    def transact(self, user_id: str | None, user_name: str | None) -> Iterator[Doc]:
+    def transact(self, user_id: str | None, user_name: str | None, *, tag: object = None) -> Iterator[Doc]:
         """Make a server-side change (JSON bridge, restore) as one transaction on the live document.
 
         Yields the document; the change is broadcast, logged and observed like a peer's update.
+        ``tag`` is handed to observers in ``Change.tag`` (e.g. which JSON session made the change).
         """
-        with self._changing(_Source(Origin.SERVER, None, user_id, user_name)), self.doc.transaction():
+        with self._changing(_Source(Origin.SERVER, None, user_id, user_name, tag)), self.doc.transaction():
             yield self.doc
 
     def set_server_awareness(self, entries: list[AwarenessEntry], owner: str) -> None:
@@ -215,11 +240,20 @@ class Room:
         changed = self.awareness.apply(tuple(entries), owner)
         if changed:
             self._broadcast(OutFrame(protocol.encode_awareness(changed)), exclude=None)
+            self._notify(self._extra.awareness, changed, owner)
 
     def remove_server_awareness(self, owner: str) -> None:
         removals = self.awareness.remove_owner(owner)
         if removals:
             self._broadcast(OutFrame(protocol.encode_awareness(removals)), exclude=None)
+            self._notify(self._extra.awareness, removals, owner)
+
+    def _notify(self, observers: list[Callable[..., None]], *args: object) -> None:
+        for observer in observers:
+            try:
+                observer(self, *args)
+            except Exception:
+                log.exception("room observer failed", extra={"canvas_id": self.canvas_id})
 
     @contextmanager
     def _changing(self, source: _Source) -> Iterator[None]:
@@ -245,7 +279,15 @@ class Room:
                 LogEntry(self.canvas_id, update, source.user_id, self._node_id, elements)
             )
         change = Change(
-            self.canvas_id, update, source.origin, source.user_id, source.user_name, items, log_seq
+            self.canvas_id,
+            update,
+            source.origin,
+            source.user_id,
+            source.user_name,
+            items,
+            log_seq,
+            source.tag,
+            source.peer.peer_id if source.peer is not None else None,
         )
         for observer in self._observers:
             try:
@@ -304,7 +346,8 @@ class RoomManager:
             "max_peers": max_peers_per_room,
         }
         self._rooms: dict[str, Room] = {}
-        self.observers: list[ChangeObserver] = []
+        self.room_observers = RoomObservers()
+        self.observers: list[ChangeObserver] = self.room_observers.changes
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -375,7 +418,12 @@ class RoomManager:
 
     def _create(self, canvas_id: str) -> Room:
         room = Room(
-            canvas_id, node_id=self.node_id, update_log=self._log, observers=self.observers, **self._room_args
+            canvas_id,
+            node_id=self.node_id,
+            update_log=self._log,
+            observers=self.observers,
+            extra_observers=self.room_observers,
+            **self._room_args,
         )
         self._rooms[canvas_id] = room
         self._spawn(self._load(room))

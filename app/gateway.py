@@ -1,0 +1,290 @@
+"""The JSON channel protocol's node services and the operations that span them.
+
+``Gateway`` composes the broker, the node-local hub, the ordered publisher, presence, limits, the
+session registry, the Yjs bridge and the assistant, and implements subscribe / unsubscribe / resume /
+detach on a ``Session``. The WebSocket adapter is ``app/json_ws.py``; message parsing is ``app/handlers.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from crdt.broker import Broker, HistoryUnavailable, Publication, StreamPosition, is_ephemeral
+from crdt.persist import UpdateLog
+from crdt.room import RoomManager
+
+from .assistant import Assistant, UnavailableAssistant
+from .auth import Authenticator
+from .bridge import SERVER_SESSION, Bridge
+from .channels import Channel, authorize_subscribe, parse_channel
+from .codec import server_message
+from .config import Settings
+from .errors import SessionTakenOver, SubscriptionFailed
+from .hub import Hub, Publisher, Subscription, to_delivery
+from .limits import LocalConnectionLimiter, LocalRateLimiter
+from .presence import LocalPresence
+from .session import LocalSessionRegistry, Seat, Session, SessionState, new_trace_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Since:
+    """Where a client's copy of a channel stands (``options.since`` or a ``resume`` offset)."""
+
+    offset: int
+    epoch: str | None = None
+
+
+class Gateway:
+    """One node's JSON-protocol services. Use as an async context manager (owns background tasks).
+
+    Args:
+        settings: limits and timings.
+        auth: verifies refreshed tokens.
+        rooms: the node's rooms (the bridge observes them).
+        update_log: for durable acks.
+        broker: channel streams.
+        assistant: where ``ai_request`` goes (default: none, so AI is reported unavailable).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        auth: Authenticator,
+        rooms: RoomManager,
+        update_log: UpdateLog,
+        broker: Broker,
+        *,
+        assistant: Assistant | None = None,
+    ) -> None:
+        self.settings = settings
+        self.auth = auth
+        self.rooms = rooms
+        self.update_log = update_log
+        self.broker = broker
+        self.hub = Hub(broker)
+        self.publisher = Publisher(broker)
+        self.presence = LocalPresence(settings.presence_idle_after_s)
+        self.bridge = Bridge(rooms, self.publisher, self.presence, lock_ttl_s=settings.lock_ttl_s)
+        self.sessions = LocalSessionRegistry(settings.session_ttl_s)
+        self.rate = LocalRateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+        self.connections = LocalConnectionLimiter(settings.max_connections_per_user)
+        self.assistant: Assistant = assistant or UnavailableAssistant()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Gateway:
+        await self.publisher.__aenter__()
+        self._sweeper = asyncio.create_task(self._sweep_idle(), name="presence-sweeper")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+        await self.publisher.__aexit__(exc_type, exc, tb)
+
+    async def publish(
+        self,
+        channel: str,
+        kind: str,
+        data: dict[str, Any],
+        *,
+        publisher: str | None = None,
+        trace_id: str | None = None,
+    ) -> Publication:
+        """Publish a server message on ``channel`` (REST publish, notifications, assistants).
+
+        Raises:
+            InvalidRequest: ``channel`` is not a valid channel name.
+        """
+        parse_channel(channel)
+        sender = publisher or SERVER_SESSION
+        message = server_message(kind, sender, data, trace_id or new_trace_id())
+        return await self.publisher.submit(channel, message, sender)
+
+    async def publish_message(self, channel: str, message: dict[str, Any]) -> int:
+        """Publish ``{"type", "data"}`` on ``channel`` as the server; returns its offset (``Publish``)."""
+        publication = await self.publish(channel, message["type"], message["data"])
+        return publication.offset
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def attach(self, session: Session) -> None:
+        """Register a freshly accepted session as live."""
+        self.sessions.live[session.session_id] = session
+
+    async def detach(self, session: Session) -> None:
+        """The connection ended: leave every channel and canvas, and park the session for resumption."""
+        state = session.state()
+        for subscription in list(session.subscriptions.values()):
+            await self.hub.remove(subscription)
+        session.subscriptions.clear()
+        for canvas_id in list(session.seats):
+            await self._unseat(session, canvas_id, None)
+        if self.sessions.live.get(session.session_id) is session:
+            del self.sessions.live[session.session_id]
+        await self.sessions.park(state)
+        session.detached.set()
+
+    async def resume(self, session: Session, session_id: str) -> SessionState | None:
+        """Take over parked (or still live) session ``session_id`` of the same user, if it exists.
+
+        On success ``session`` adopts the old session id; the caller restores the channels.
+        """
+        live = self.sessions.live.get(session_id)
+        if live is not None and live is not session and live.user_id == session.user_id:
+            live.fail(SessionTakenOver("another connection resumed this session"))
+            try:
+                async with asyncio.timeout(5):
+                    await live.detached.wait()
+            except TimeoutError:
+                return None
+        state = await self.sessions.take(session_id, session.user_id)
+        if state is None:
+            return None
+        if self.sessions.live.get(session.session_id) is session:
+            del self.sessions.live[session.session_id]
+        session.session_id = session_id
+        self.sessions.live[session_id] = session
+        return state
+
+    # -- channels ------------------------------------------------------------------------------
+
+    async def subscribe(
+        self,
+        session: Session,
+        channel: Channel,
+        *,
+        since: Since | None = None,
+        history: bool = False,
+        trace_id: str | None = None,
+    ) -> None:
+        """Subscribe ``session`` to ``channel``: reply ``subscribed``, replay, then deliver live.
+
+        With ``since``, every publication after it is replayed exactly once, in order, or the
+        subscription fails; with ``history``, up to ``history_replay_max`` recent ones are.
+
+        Raises:
+            Forbidden: the token does not allow the channel.
+            SubscriptionFailed: channel limit, canvas full, or ``since`` cannot be replayed.
+            RoomUnavailable: the canvas could not be loaded.
+        """
+        authorize_subscribe(session.principal, channel)
+        name = channel.name
+        existing = session.subscriptions.get(name)
+        if existing is not None:
+            self._send_subscribed(session, channel, existing.position, trace_id)
+            return
+        if len(session.subscriptions) >= self.settings.max_channels_per_connection:
+            raise SubscriptionFailed(
+                f"limit of {self.settings.max_channels_per_connection} channels per connection reached"
+            )
+        if channel.canvas_id is not None:
+            await self._seat(session, channel.canvas_id, name)
+        subscription = Subscription(name, session)
+        session.subscriptions[name] = subscription
+        try:
+            position = await self.hub.add(subscription)
+            replay: list[Publication] = []
+            if since is not None and not is_ephemeral(name):
+                start = StreamPosition(since.offset, since.epoch or position.epoch)
+                try:
+                    replay = await self.broker.history(name, start)
+                except HistoryUnavailable as exc:
+                    raise SubscriptionFailed(f"cannot replay {name}: {exc}") from exc
+                subscription.start_at(start)
+            elif history and not is_ephemeral(name):
+                recent = StreamPosition(0, position.epoch)
+                replay = await self.broker.history(name, recent, limit=self.settings.history_replay_max)
+                first = replay[0].offset - 1 if replay else position.offset
+                subscription.start_at(StreamPosition(first, position.epoch))
+            else:
+                subscription.start_at(position)
+        except BaseException:
+            await self._drop(session, subscription)
+            raise
+        self._send_subscribed(session, channel, position, trace_id)
+        subscription.go_live([to_delivery(publication) for publication in replay])
+
+    async def unsubscribe(self, session: Session, name: str) -> bool:
+        """Remove ``session``'s subscription to ``name``; False if it had none."""
+        subscription = session.subscriptions.get(name)
+        if subscription is None:
+            return False
+        await self._drop(session, subscription)
+        return True
+
+    def participant_count(self, channel: Channel) -> int:
+        """Users on the canvas (JSON and Yjs) for canvas channels; subscribed sessions otherwise."""
+        if channel.canvas_id is not None:
+            return self.presence.count(channel.canvas_id)
+        return self.hub.local_count(channel.name)
+
+    def _send_subscribed(
+        self, session: Session, channel: Channel, position: StreamPosition, trace_id: str | None
+    ) -> None:
+        data = {
+            "channel": channel.name,
+            "participantCount": self.participant_count(channel),
+            "offset": position.offset,
+            "epoch": position.epoch,
+        }
+        session.send("subscribed", data, trace_id, channel=channel.name)
+
+    async def _drop(self, session: Session, subscription: Subscription) -> None:
+        name = subscription.channel
+        if session.subscriptions.get(name) is subscription:
+            del session.subscriptions[name]
+        await self.hub.remove(subscription)
+        channel = parse_channel(name)
+        if channel.canvas_id is not None:
+            await self._unseat(session, channel.canvas_id, name)
+
+    async def _seat(self, session: Session, canvas_id: str, channel: str) -> Seat:
+        seat = session.seats.get(canvas_id)
+        if seat is not None:
+            seat.channels.add(channel)
+            return seat
+        presence = self.presence
+        limit = self.settings.max_users_per_canvas
+        if not presence.is_present(canvas_id, session.user_id) and presence.count(canvas_id) >= limit:
+            raise SubscriptionFailed(f"canvas {canvas_id} already has {limit} users")
+        stack = AsyncExitStack()
+        try:
+            room = await stack.enter_async_context(self.rooms.lease(canvas_id))
+        except BaseException:
+            await stack.aclose()
+            raise
+        seat = session.seats[canvas_id] = Seat(canvas_id, room, stack, {channel})
+        self.bridge.join(canvas_id, session.user_id, session.principal.name, session.session_id)
+        return seat
+
+    async def _unseat(self, session: Session, canvas_id: str, channel: str | None) -> None:
+        """Release ``channel``'s hold on the canvas (``None``: every hold)."""
+        seat = session.seats.get(canvas_id)
+        if seat is None:
+            return
+        if channel is not None:
+            seat.channels.discard(channel)
+            if seat.channels:
+                return
+        del session.seats[canvas_id]
+        self.bridge.leave(seat.room, session.user_id, session.session_id)
+        await seat.stack.aclose()
+
+    async def _sweep_idle(self) -> None:
+        interval = min(self.settings.presence_idle_after_s / 4, 5.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.bridge.sweep_idle()
+            except Exception:
+                log.exception("presence sweep failed")
