@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 CANVAS_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 SNAPSHOT_ID_PATTERN = r"^snp_[0-9a-f]{16}$"
-USER_ID_PATTERN = r"^[^:\s]{1,128}$"
+USER_ID_PATTERN = r"^[A-Za-z0-9_.@+-]{1,128}$"  # as app/channels.py accepts in user:ID:notifications
 
 
 class ApiModel(BaseModel):
