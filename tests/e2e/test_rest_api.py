@@ -18,16 +18,18 @@ from pycrdt import Doc, Map
 from crdt.canvas import to_json
 from crdt.versions import version_json
 from tests.conftest import RunningServer, mint
+from tests.jsonclient import JsonClient, json_client
 from tests.yclient import elements, eventually, yjs_client
 
 pytestmark = pytest.mark.e2e
 
 ADMIN = {"canvas:*": "admin"}
+API_KEY = "rest-test-api-key-0123456789"
 
 
 @pytest.fixture
 async def rest_server(server_factory, server_database_url: str) -> RunningServer:
-    return await server_factory(database_url=server_database_url, auto_migrate=False)
+    return await server_factory(database_url=server_database_url, auto_migrate=False, api_key=API_KEY)
 
 
 @pytest.fixture
@@ -424,3 +426,156 @@ async def test_automatic_snapshots_on_a_schedule(server_factory, sqlite_url) -> 
         await poll()
     await asyncio.sleep(0.7)  # no change since: no further snapshot
     assert len(await server.node.store.list_snapshots("sched", limit=10, offset=0)) == 1
+
+
+class JsonCanvasView:
+    """What a JSON-protocol client knows of a canvas: the REST state, then every ``canvas_updated``.
+
+    ``canvas_updated`` reports a removed property as ``null``, so null-valued properties are ignored
+    when comparing (no test element holds a null).
+    """
+
+    def __init__(self, client: JsonClient, state: dict[str, Any]) -> None:
+        self.client = client
+        self.items = {"elements": dict(state["elements"]), "layers": dict(state["layers"])}
+        self._seen = len(client.received)
+
+    def catch_up(self) -> dict[str, Any]:
+        for message in self.client.received[self._seen :]:
+            if isinstance(message, dict) and message.get("type") == "canvas_updated":
+                self._apply(message["data"])
+        self._seen = len(self.client.received)
+        return {root: _without_nulls(items) for root, items in self.items.items()}
+
+    def _apply(self, data: dict[str, Any]) -> None:
+        root, item_id = ("layers", data["layerId"]) if "layerId" in data else ("elements", data["elementId"])
+        if data["action"] in ("delete", "layer_delete"):
+            self.items[root].pop(item_id, None)
+        elif data["action"] in ("add", "layer_add"):
+            self.items[root][item_id] = dict(data["properties"])
+        else:
+            self.items[root].setdefault(item_id, {}).update(data.get("properties", {}))
+
+
+def _without_nulls(items: dict[str, Any]) -> dict[str, Any]:
+    return {
+        item_id: {key: value for key, value in item.items() if value is not None}
+        for item_id, item in items.items()
+    }
+
+
+def items_of(canvas: dict[str, Any]) -> dict[str, Any]:
+    return {root: _without_nulls(canvas[root]) for root in ("elements", "layers")}
+
+
+async def test_restore_with_two_yjs_editors_and_a_json_client(
+    rest_server: RunningServer, http: httpx.AsyncClient
+) -> None:
+    url = rest_server.ws_url
+    async with (
+        yjs_client(url, "mixed", mint("alice")) as (alice, _, _),
+        yjs_client(url, "mixed", mint("bob")) as (bob, _, _),
+        json_client(url, mint("carol", {"canvas:mixed": "write"})) as carol,
+    ):
+        draw(alice, e1={"type": "rect", "x": 1, "y": 1}, e2={"type": "text", "text": "hello"})
+        alice.get("layers", type=Map)["l1"] = Map({"id": "l1", "name": "Base", "order": 0})
+        alice.get("meta", type=Map)["title"] = "Version one"
+        await eventually(lambda: canvas_of(bob) == canvas_of(alice))
+        await carol.subscribe("canvas:mixed")
+        await carol.subscribe("user:carol:notifications")
+        ack = await carol.request(
+            "canvas_update",
+            {
+                "canvasId": "mixed",
+                "action": "add",
+                "elementId": "c1",
+                "properties": {"type": "ellipse", "x": 5},
+            },
+            "ack",
+        )
+        assert ack["type"] == "ack", ack
+        await eventually(lambda: "c1" in elements(alice) and "c1" in elements(bob))
+        v1 = await snapshot(http, "mixed", "v1")
+        version = (await http.get(f"/api/v1/canvases/mixed/snapshots/{v1['id']}", headers=auth())).json()
+        carol_view = JsonCanvasView(carol, (await http.get("/api/v1/canvases/mixed", headers=auth())).json())
+        assert carol_view.catch_up() == items_of(version)
+
+        # everyone changes things
+        elements(alice)["e1"]["x"] = 300
+        alice.get("layers", type=Map)["l1"]["name"] = "Renamed"
+        del elements(bob)["e2"]
+        draw(bob, e9={"type": "line", "x": 9})
+        ack = await carol.request(
+            "canvas_update", {"canvasId": "mixed", "action": "delete", "elementId": "c1"}, "ack"
+        )
+        assert ack["type"] == "ack", ack
+        carol_view.items["elements"].pop("c1")  # her own change is not echoed to her
+        await eventually(
+            lambda: canvas_of(alice) == canvas_of(bob) and carol_view.catch_up() == items_of(canvas_of(alice))
+        )
+        assert items_of(canvas_of(alice)) != items_of(version)
+
+        await restore(http, "mixed", v1["id"])
+        expected = body_of(version)
+        await eventually(lambda: canvas_of(alice) == expected and canvas_of(bob) == expected)
+        await eventually(lambda: carol_view.catch_up() == items_of(version))
+        assert to_json(rest_server.node.rooms.get("mixed").doc) == expected
+
+        # carol edited the canvas: she is told on her own channel, and the canvas channel says so too
+        for channel in ("user:carol:notifications", "canvas:mixed"):
+            note = await carol.expect("notification", lambda m, channel=channel: m["channel"] == channel)
+            assert note["data"]["kind"] == "canvas_restored"
+            assert note["data"]["canvasId"] == "mixed" and note["data"]["snapshotId"] == v1["id"]
+            assert note["data"]["user"] == {"id": "admin", "name": "Admin"}
+            assert note["data"]["title"] and note["data"]["body"]
+        # a second restore of the same version changes nothing and tells nobody
+        assert (await restore(http, "mixed", v1["id"]))["changed"] is False
+        await asyncio.sleep(0.2)
+        assert not carol.unconsumed("notification")
+        assert not [m for m in carol.unconsumed("canvas_updated") if m["offset"] > note["offset"]]
+
+
+async def test_delete_notifies_json_subscribers_and_editors(
+    rest_server: RunningServer, http: httpx.AsyncClient
+) -> None:
+    async with json_client(rest_server.ws_url, mint("dave", {"canvas:gone": "write"})) as dave:
+        await dave.subscribe("canvas:gone")
+        await dave.subscribe("user:dave:notifications")
+        add = {"canvasId": "gone", "action": "add", "elementId": "e1", "properties": {"type": "rect"}}
+        assert (await dave.request("canvas_update", add, "ack"))["type"] == "ack"
+        assert (await http.delete("/api/v1/canvases/gone", headers=auth())).status_code == 204
+        for channel in ("canvas:gone", "user:dave:notifications"):
+            note = await dave.expect("notification", lambda m, channel=channel: m["channel"] == channel)
+            assert note["data"]["kind"] == "canvas_deleted" and note["data"]["canvasId"] == "gone"
+
+
+async def test_notifications_need_the_api_key_and_reach_the_user(
+    rest_server: RunningServer, http: httpx.AsyncClient
+) -> None:
+    note = {"kind": "mention", "title": "You were mentioned", "body": "in canvas c1", "link": "/c/c1"}
+    path = "/api/v1/users/erin/notifications"
+    async with json_client(rest_server.ws_url, mint("erin")) as erin:
+        await erin.subscribe("user:erin:notifications")
+        for headers in ({}, {"X-API-Key": "wrong"}, auth()):  # a JWT is not the API key
+            response = await http.post(path, json=note, headers=headers)
+            assert response.status_code == 401, headers
+            assert response.json()["error"]["code"] == "AUTH_FAILED"
+        response = await http.post(path, json={"kind": "x"}, headers={"X-API-Key": API_KEY})
+        assert response.status_code == 422 and response.json()["error"]["field"] == "body.title"
+
+        response = await http.post(path, json=note, headers={"X-API-Key": API_KEY})
+        assert response.status_code == 202
+        sent = response.json()
+        assert sent["channel"] == "user:erin:notifications"
+        received = await erin.expect("notification")
+        assert received["data"] == note
+        assert received["channel"] == sent["channel"] and received["offset"] == sent["offset"]
+
+
+async def test_notifications_are_refused_when_no_api_key_is_configured(server) -> None:
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=10) as http:
+        response = await http.post(
+            "/api/v1/users/erin/notifications", json={"kind": "k", "title": "t"}, headers={"X-API-Key": "any"}
+        )
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "FORBIDDEN"
