@@ -15,6 +15,7 @@ from typing import Any
 
 _TOKEN_PARAM = re.compile(r"((?:access_)?token=)[^&\s\"']+", re.IGNORECASE)
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+_JWT_PREFIX = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.")
 _BEARER = re.compile(r"(bearer[ .])[A-Za-z0-9._-]+", re.IGNORECASE)
 REDACTED = "[redacted]"
 _RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -39,8 +40,22 @@ class RedactSecrets(logging.Filter):
             record.msg = redact(record.msg)
         if record.args:
             args = record.args if isinstance(record.args, tuple) else (record.args,)
-            record.args = tuple(redact(a) if isinstance(a, str) else a for a in args)
+            record.args = tuple(_redact_arg(a) for a in args)
         return True
+
+
+def _redact_arg(value: object) -> object:
+    """Strings are redacted; other objects too when their text carries a token (uvicorn logs each
+    WebSocket frame at DEBUG as a ``Frame`` object, and a ``token_refresh`` frame holds a JWT)."""
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, int | float):
+        return value
+    text = str(value)
+    cleaned = redact(text)
+    if cleaned == text and not _JWT_PREFIX.search(repr(value)):
+        return value
+    return cleaned
 
 
 class JsonFormatter(logging.Formatter):
