@@ -93,13 +93,53 @@ def decode_text(text: str, *, max_depth: int) -> ClientMessage:
         value = json.loads(
             text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_refuse_constant
         )
-    except BadMessage:
-        raise
-    except RecursionError as exc:
-        raise BadMessage(f"message nested deeper than {max_depth} levels") from exc
+    except BadMessage as exc:
+        raise BadMessage(str(exc), _salvage_id(text)) from None
+    except RecursionError:
+        raise BadMessage(f"message nested deeper than {max_depth} levels", _salvage_id(text)) from None
     except ValueError as exc:
-        raise BadMessage(f"message is not JSON: {exc}") from exc
+        raise BadMessage(f"message is not JSON: {exc}", _salvage_id(text)) from None
     return _envelope(value, max_depth=max_depth, check_types=False)
+
+
+def _salvage_id(text: str) -> str | int | None:
+    """The top-level ``id`` of a JSON text that failed to decode as a whole, when it can be read.
+
+    A single pass tracking nesting and strings (only on the error path): finds the key ``id`` of
+    the outermost object and decodes just its value.
+    """
+    decoder = json.JSONDecoder()
+    depth, index, length = 0, 0, len(text)
+    expecting_key = False
+    try:
+        while index < length:
+            char = text[index]
+            if char == '"':
+                string, end = json.decoder.scanstring(text, index + 1)  # type: ignore[attr-defined]
+                if depth == 1 and expecting_key:
+                    colon = end
+                    while colon < length and text[colon] in " \t\r\n":
+                        colon += 1
+                    if string == "id" and colon < length and text[colon] == ":":
+                        start = colon + 1
+                        while start < length and text[start] in " \t\r\n":
+                            start += 1
+                        value, _ = decoder.raw_decode(text, start)
+                        return message_id({"id": value})
+                    expecting_key = False
+                index = end
+                continue
+            if char in "{[":
+                depth += 1
+                expecting_key = char == "{" and depth == 1
+            elif char in "}]":
+                depth -= 1
+            elif char == "," and depth == 1:
+                expecting_key = True
+            index += 1
+    except (ValueError, RecursionError):
+        return None
+    return None
 
 
 def decode_binary(payload: bytes, *, max_depth: int) -> ClientMessage:
