@@ -2,7 +2,7 @@
 
 Sent by other services (``POST /api/v1/users/{id}/notifications`` with the API key) and by the server
 itself when a canvas is restored or deleted. Publishing goes through the JSON channel protocol's
-publisher, so subscribers on every node receive them with an offset, and history replays them.
+publisher, so every subscribed session receives them with an offset, and history replays them.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from .auth import Principal
+from .channels import canvas_channel
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +21,8 @@ Publish = Callable[[str, dict[str, Any]], Awaitable[int]]
 
 
 def user_channel(user_id: str) -> str:
+    """``user:<user_id>:notifications``: only that user may subscribe to it."""
     return f"user:{user_id}:notifications"
-
-
-def canvas_channel(canvas_id: str) -> str:
-    return f"canvas:{canvas_id}"
 
 
 def notification(kind: str, title: str, body: str, link: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -37,28 +35,21 @@ def notification(kind: str, title: str, body: str, link: str | None = None, **ex
 
 
 class Notifier:
-    """Publishes notifications.
+    """Publishes notifications through the channel publisher (``Gateway.publish_message``).
 
     Args:
-        publish: the channel publisher; ``None`` when this node has no channel protocol, in which case
-            ``notify_user`` raises and the canvas notifications are skipped (logged once per call).
+        publish: publishes a server message on a channel and returns its offset.
     """
 
-    def __init__(self, publish: Publish | None) -> None:
+    def __init__(self, publish: Publish) -> None:
         self._publish = publish
-
-    @property
-    def available(self) -> bool:
-        return self._publish is not None
 
     async def notify_user(self, user_id: str, message: dict[str, Any]) -> tuple[str, int]:
         """Publish ``message`` on ``user:<user_id>:notifications``; returns the channel and offset.
 
         Raises:
-            RuntimeError: no publisher is configured (never the case once the lifespan wired one).
+            InvalidRequest: ``user_id`` cannot be part of a channel name.
         """
-        if self._publish is None:
-            raise RuntimeError("no channel publisher on this node")
         channel = user_channel(user_id)
         return channel, await self._publish(channel, message)
 
@@ -88,9 +79,6 @@ class Notifier:
         await self._fan_out(canvas_id, message, editors)
 
     async def _fan_out(self, canvas_id: str, message: dict[str, Any], editors: Iterable[str]) -> None:
-        if self._publish is None:
-            log.info("canvas notification not sent: no channel publisher", extra={"canvas_id": canvas_id})
-            return
         channels = [canvas_channel(canvas_id)] + [user_channel(user) for user in sorted(set(editors))]
         for channel in channels:
             try:
