@@ -20,12 +20,12 @@ from . import json_ws, ws
 from .auth import Authenticator
 from .canvases import AutoSnapshotter, CanvasService
 from .config import Settings
-from .gateway import Gateway
 from .errors import install_error_handlers
+from .gateway import Gateway
 from .logging import install_redaction
 from .node import Node
 from .notify import Notifier
-from .routes import canvases, health, notifications, snapshots
+from .routes import canvases, channels, health, notifications, snapshots
 from .transport import CaptureWsProtocol
 
 log = logging.getLogger(__name__)
@@ -115,5 +115,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(canvases.router)
     app.include_router(snapshots.router)
     app.include_router(notifications.router)
+    app.include_router(channels.router)
     install_error_handlers(app)
     return app

@@ -237,6 +237,27 @@ class NotificationSent(ApiModel):
     offset: int = Field(description="the publication's offset in the channel")
 
 
+# -- server-side publish ----------------------------------------------------------------------------------
+
+
+class PublishRequest(ApiModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", allow_inf_nan=False
+    )
+
+    type: str = Field(
+        default="publication",
+        pattern=r"^[a-z][a-z0-9_]{0,63}$",
+        description="the message `type` subscribers receive",
+    )
+    data: dict[str, JsonValue] = Field(description="the message's `data` object")
+
+
+class Published(ApiModel):
+    channel: str
+    offset: int = Field(description="the publication's offset in the channel")
+
+
 # -- conversions ----------------------------------------------------------------------------------------
 
 

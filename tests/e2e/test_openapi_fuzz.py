@@ -76,7 +76,7 @@ async def test_schemathesis_finds_no_server_errors(server_factory, sqlite_url) -
     info = await server.node.canvases.take_snapshot("fuzzed", label="seed", kind="manual", author_id="alice")
     assert info is not None
     headers = {"Authorization": f"Bearer {mint('fuzzer', {'canvas:*': 'admin'})}", "X-API-Key": API_KEY}
-    seeded = {"canvas_id": "fuzzed", "snapshot_id": info.id, "user_id": "alice"}
+    seeded = {"canvas_id": "fuzzed", "snapshot_id": info.id, "user_id": "alice", "channel": "canvas:fuzzed"}
     async with asyncio.timeout(120):
         failures = await asyncio.to_thread(_fuzz, server.http_url, headers, seeded)
     assert not failures, "\n\n".join(failures)

@@ -372,6 +372,7 @@ async def test_openapi_documents_every_route(http: httpx.AsyncClient) -> None:
         ("/api/v1/canvases/{canvas_id}/snapshots/{snapshot_id}/diff", "get"),
         ("/api/v1/canvases/{canvas_id}/snapshots/{snapshot_id}/restore", "post"),
         ("/api/v1/users/{user_id}/notifications", "post"),
+        ("/api/v1/channels/{channel}/publish", "post"),
         ("/healthz", "get"),
         ("/readyz", "get"),
     ):
@@ -579,3 +580,30 @@ async def test_notifications_are_refused_when_no_api_key_is_configured(server) -
         )
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "FORBIDDEN"
+
+
+async def test_server_side_publish_on_a_channel(rest_server: RunningServer, http: httpx.AsyncClient) -> None:
+    async with json_client(rest_server.ws_url, mint("fay", {"canvas:pub": "read"})) as fay:
+        await fay.subscribe("canvas:pub")
+        path = "/api/v1/channels/canvas:pub/publish"
+        body = {"type": "announcement", "data": {"text": "maintenance at 18:00", "level": 2}}
+        assert (await http.post(path, json=body)).status_code == 401
+        assert (await http.post(path, json=body, headers=auth())).status_code == 401  # a JWT is not the key
+        response = await http.post(path, json=body, headers={"X-API-Key": API_KEY})
+        assert response.status_code == 202, response.text
+        sent = response.json()
+        received = await fay.expect("announcement")
+        assert received["data"] == body["data"] and received["sessionId"] == "server"
+        assert received["channel"] == "canvas:pub" == sent["channel"] and received["offset"] == sent["offset"]
+
+        bad = await http.post("/api/v1/channels/nonsense/publish", json=body, headers={"X-API-Key": API_KEY})
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "INVALID_MESSAGE"
+        big = {"data": {"blob": "x" * 70_000}}
+        too_big = await http.post(path, json=big, headers={"X-API-Key": API_KEY})
+        assert too_big.status_code == 422 and too_big.json()["error"]["field"] == "body.data"
+        nan = await http.post(
+            path,
+            content=b'{"data": {"x": NaN}}',
+            headers={"X-API-Key": API_KEY, "Content-Type": "application/json"},
+        )
+        assert nan.status_code == 422, nan.text
