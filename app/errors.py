@@ -156,6 +156,7 @@ WIRE_CODES: dict[str, str] = {
     "element_locked": "FORBIDDEN",
     "history_unavailable": "SUBSCRIPTION_FAILED",
     "room_full": "SUBSCRIPTION_FAILED",
+    "room_closed": "SUBSCRIPTION_FAILED",
     "room_unavailable": "INTERNAL_ERROR",
     "server_shutdown": "INTERNAL_ERROR",
 }

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from crdt.canvas import ELEMENT_ACTIONS, LAYER_ACTIONS, Actor, Edit, to_json
-from crdt.errors import CrdtError
+from crdt.errors import CrdtError, RoomClosed
 
 from .assistant import AiRequest
 from .auth import CANVAS_ID, Role
@@ -27,7 +27,7 @@ from .errors import (
 )
 from .gateway import Gateway, Since
 from .limits import Strikes
-from .session import PendingAck, Session, new_trace_id
+from .session import PendingAck, Seat, Session, new_trace_id
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ class Dispatcher:
             raise Forbidden(f"no write permission on canvas {canvas_id}")
         actor = Actor(session.user_id, session.principal.name, overrides_locks=role >= Role.ADMIN)
         edit = Edit(action, element_id, layer_id, properties, position)
-        seat = session.seats.get(canvas_id)
+        seat = await _live_seat(self.gateway, session, canvas_id)
         if seat is not None:
             tag = self.gateway.bridge.edit(
                 seat.room, actor, edit, session_id=session.session_id, trace_id=trace_id
@@ -240,7 +240,7 @@ class Dispatcher:
             if not 0 < len(raw) <= limit:
                 raise BadMessage(f"positions must hold 1-{limit} points", message.id)
             positions = [_point(p, message, f"positions[{i}]", stamp=True) for i, p in enumerate(raw)]
-        seat = session.seats.get(canvas_id)
+        seat = await _live_seat(self.gateway, session, canvas_id)
         if seat is None:
             raise BadMessage(
                 f"subscribe to {canvas_channel(canvas_id)} or {canvas_channel(canvas_id, 'cursor')} "
@@ -278,7 +278,7 @@ class Dispatcher:
         if session.ai_busy:
             raise RateLimited("one AI request at a time per connection")
         request_id = str(message.id) if message.id is not None else new_trace_id()
-        seat = session.seats.get(canvas_id)
+        seat = await _live_seat(self.gateway, session, canvas_id)
         if seat is not None:
             canvas = to_json(seat.room.doc)
         else:
@@ -356,6 +356,22 @@ class Dispatcher:
         if not CANVAS_ID.match(canvas_id):
             raise BadMessage("canvasId must match ^[A-Za-z0-9_-]{1,64}$", message.id)
         return canvas_id
+
+
+async def _live_seat(gateway: Gateway, session: Session, canvas_id: str) -> Seat | None:
+    """The session's seat on ``canvas_id``, unless its room was closed under it (canvas deleted).
+
+    Raises:
+        RoomClosed: the room was closed: the session's channels of that canvas are dropped
+            (``unsubscribed`` with reason ``canvas_closed``); subscribing again loads a fresh room.
+    """
+    seat = session.seats.get(canvas_id)
+    if seat is None or not seat.room.closed:
+        return seat
+    for name in sorted(seat.channels):
+        await gateway.unsubscribe(session, name)
+        session.send("unsubscribed", {"channel": name, "reason": "canvas_closed"}, channel=name)
+    raise RoomClosed(f"canvas {canvas_id} was closed on this node; subscribe to it again")
 
 
 def _required(

@@ -369,3 +369,19 @@ async def test_connections_close_cleanly_when_the_client_leaves(server) -> None:
     await asyncio.sleep(0.2)
     assert server.node.gateway.presence.count("c1") == 0
     assert not server.node.gateway.sessions.live
+
+
+async def test_a_closed_canvas_drops_its_subscriptions(server) -> None:
+    from crdt.errors import RoomClosed
+
+    async with json_client(server.ws_url, mint()) as client:
+        await client.subscribe("canvas:gone")
+        await client.subscribe("canvas:gone:cursor")
+        server.node.rooms.close_room("gone", RoomClosed("canvas deleted"))
+        data = {"canvasId": "gone", "action": "add", "elementId": "e1", "properties": {"type": "rect"}}
+        reply = await client.request("canvas_update", data, "ack")
+        assert reply["data"]["code"] == "SUBSCRIPTION_FAILED"
+        dropped = {(await client.expect("unsubscribed"))["data"]["channel"] for _ in range(2)}
+        assert dropped == {"canvas:gone", "canvas:gone:cursor"}
+        await client.subscribe("canvas:gone")
+        assert (await client.request("canvas_update", data, "ack"))["type"] == "ack"
