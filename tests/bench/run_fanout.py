@@ -276,25 +276,25 @@ class Profiler:
             self.proc.wait(timeout=10)
 
 
-_WAITING_LEAVES = (
+# frames that mean "this thread is blocked" (native stacks; Python-only stacks omit idle threads)
+_WAITING_FRAMES = (
     "epoll_wait",
     "epoll_pwait",
-    "poll ",
-    "select ",
+    "uv__io_poll",
+    "PyThread_acquire_lock_timed",
     "pthread_cond_wait",
     "pthread_cond_timedwait",
     "sem_wait",
     "sem_timedwait",
     "sem_clockwait",
-    "futex",
 )
 
 
 def analyse_raw_profile(path: Path, top: int = 25) -> dict[str, Any]:
     """Self and inclusive sample shares per function from py-spy's raw (collapsed stacks) output.
 
-    Stacks whose leaf is a blocking wait (epoll, condition variables: native mode only) are counted
-    apart as ``waiting`` and left out of the shares.
+    Stacks of a blocked thread (epoll, lock and condition waits: seen in native mode only) are
+    counted apart as ``waiting`` and left out of the shares.
     """
     self_counts: Counter[str] = Counter()
     incl_counts: Counter[str] = Counter()
@@ -305,7 +305,7 @@ def analyse_raw_profile(path: Path, top: int = 25) -> dict[str, Any]:
             continue
         count = int(count_text)
         frames = [_function(frame) for frame in stack.split(";")]
-        if frames[-1].startswith(_WAITING_LEAVES):
+        if any(frame.startswith(_WAITING_FRAMES) for frame in frames):
             waiting += count
             continue
         total += count
@@ -440,12 +440,13 @@ def _profile_markdown(profile: dict[str, Any]) -> list[str]:
         if not analysis or not analysis["samples"]:
             continue
         run = profile.get("runs", {}).get("native" if key == "native_analysis" else "raw", {})
-        us = run.get("server_us_per_delivery") or 0.0
+        unit = "delivery" if run.get("server_us_per_delivery") else "update"
+        us = run.get("server_us_per_delivery") or (run.get("server_cpu_ms_per_update") or 0.0) * 1000
         lines += [
             f"## py-spy, ours, {profile['receivers']} receivers, {title}: {analysis['samples']} samples, "
-            f"{us:.1f} µs CPU per delivery in the profiled run",
+            f"{us:.1f} µs CPU per {unit} in the profiled run",
             "",
-            "| self % | ≈ µs per delivery | function |",
+            f"| self % | ≈ µs per {unit} | function |",
             "|---:|---:|---|",
         ]
         lines += [f"| {pct:.1f} | {pct * us / 100:.2f} | `{fn}` |" for fn, _, pct in analysis["self"][:15]]
@@ -542,13 +543,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         elif args.profile:
             n = max(args.receivers)
             out_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
-            raw = Profiler(out_dir / f"profile-ours-{n}-{stamp}.txt", "raw", args.profile_s)
-            native = Profiler(
-                out_dir / f"profile-ours-{n}-{stamp}-native.txt", "raw", args.profile_s, native=True
-            )
-            svg = Profiler(out_dir / f"profile-ours-{n}-{stamp}.svg", "flamegraph", args.profile_s)
+            base, rate = out_dir / f"profile-ours-{n}-{stamp}", args.profile_rate
+            raw = Profiler(base.with_suffix(".txt"), "raw", args.profile_s, rate=rate)
+            native = Profiler(Path(f"{base}-native.txt"), "raw", args.profile_s, rate=rate, native=True)
+            svg = Profiler(base.with_suffix(".svg"), "flamegraph", args.profile_s, rate=rate)
             profile: dict[str, Any] = {"receivers": n, "duration_s": args.profile_s}
-            for key, profiler in (("raw", raw), ("native", native), ("flamegraph", svg)):
+            profilers = [("raw", raw), ("flamegraph", svg)] + (
+                [("native", native)] if args.profile_native else []
+            )
+            for key, profiler in profilers:
                 _say(f"profile: ours with {n} receivers, py-spy {key}")
                 try:
                     run_result = await fanout_scenario(
@@ -607,6 +610,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold-elements", type=int, default=10_000, help="0 skips the cold-sync scenario")
     parser.add_argument("--profile", action="store_true", help="py-spy our server at the largest fan-out")
     parser.add_argument("--profile-s", type=int, default=10)
+    parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
+    parser.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="one more profiled run with py-spy --native (pauses the server)",
+    )
     parser.add_argument("--quick", action="store_true", help="100 receivers, 5 s, 2,000-element cold sync")
     parser.add_argument(
         "--max-minutes", type=float, default=15.0, help="skip scenarios once over this budget"
