@@ -115,8 +115,7 @@ async def _read(websocket: WebSocket, session: Session, dispatcher: Dispatcher) 
         if message["type"] == "websocket.disconnect":
             session.fail(PeerLeft("client closed"))
             return
-        session.last_frame = loop.time()
-        session.timers_changed.set()
+        session.last_frame = loop.time()  # the timers task sees it when the old deadline comes
         await dispatcher.handle_frame(message.get("text"), message.get("bytes"))
 
 

@@ -20,7 +20,7 @@ class RateLimiter(Protocol):
         ...
 
     def forget(self, user_id: str) -> None:
-        """Drop the state of a user who has no connection left on this node."""
+        """The user has no connection left on this node: drop its state once that loses nothing."""
         ...
 
 
@@ -73,8 +73,12 @@ class LocalRateLimiter:
         return True
 
     def forget(self, user_id: str) -> None:
-        """See ``RateLimiter.forget``."""
-        self._buckets.pop(user_id, None)
+        """See ``RateLimiter.forget``: only a full bucket is dropped, so reconnecting refills nothing."""
+        bucket = self._buckets.get(user_id)
+        if bucket is not None and bucket.tokens + (self._clock() - bucket.stamp) * self._rate >= self._burst:
+            del self._buckets[user_id]
+        for stale in [uid for uid, b in self._buckets.items() if b.tokens >= self._burst]:
+            del self._buckets[stale]  # full buckets are the default: forgetting them changes nothing
 
 
 class LocalConnectionLimiter:
