@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -139,13 +138,12 @@ class Publisher:
     worker task publishes. Use as an async context manager (leaving publishes what is queued).
     """
 
-    def __init__(self, broker: Broker, *, on_published: Callable[[Publication], None] | None = None) -> None:
+    def __init__(self, broker: Broker) -> None:
         self._broker = broker
         self._queue: deque[tuple[str, bytes, str | None, asyncio.Future[Publication]]] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._on_published = on_published
 
     async def __aenter__(self) -> Publisher:
         self._task = asyncio.create_task(self._run(), name="channel-publisher")
