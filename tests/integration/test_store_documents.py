@@ -269,3 +269,15 @@ async def test_in_memory_sqlite_shares_one_database() -> None:
             assert set(shapes_of(await store.load("m"))) == {"a"}
     finally:
         await engine.dispose()
+
+
+async def test_append_after_another_node_deleted_the_canvas(engine: AsyncEngine) -> None:
+    """Node A remembers that canvas x exists; node B deletes it; A's next append creates it again."""
+    node_a = SqlDocumentStore(make_sessionmaker(engine))
+    node_b = SqlDocumentStore(make_sessionmaker(engine))
+    async with asyncio.timeout(30):
+        await node_a.append([entry("x", "first")])
+        assert await node_b.delete_document("x")
+        await node_a.append([entry("x", "second")])
+        assert await node_b.document_exists("x")
+        assert set(shapes_of(await node_b.load("x"))) == {"second"}
