@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -67,6 +67,11 @@ AwarenessObserver = Callable[["Room", "list[AwarenessEntry]", str], None]
 owner passed to ``set_server_awareness``)."""
 PeerObserver = Callable[["Room", Peer, bool], None]
 """Called when a peer is seated (``True``) or leaves (``False``)."""
+RoomObserver = Callable[["Room"], None]
+"""Called with a room that finished loading, or that left the manager."""
+LoadHook = Callable[[str], Awaitable[None]]
+"""Awaited with a canvas id before its room reads the store (the relay subscribes first, so that
+nothing published during the load is missed). Runs within the load timeout; raising fails the load."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +90,9 @@ class RoomObservers:
     changes: list[ChangeObserver] = field(default_factory=list)
     awareness: list[AwarenessObserver] = field(default_factory=list)
     peers: list[PeerObserver] = field(default_factory=list)
+    loaded: list[RoomObserver] = field(default_factory=list)  # stored state applied, no peer seated yet
+    # left the manager (unloaded, deleted, failed to load, node shutdown): it gets no more changes
+    unloaded: list[RoomObserver] = field(default_factory=list)
 
 
 class Room:
@@ -352,6 +360,7 @@ class RoomManager:
         self._rooms: dict[str, Room] = {}
         self.room_observers = RoomObservers()
         self.observers: list[ChangeObserver] = self.room_observers.changes
+        self.before_load: list[LoadHook] = []  # awaited in order, within the load timeout
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -364,6 +373,7 @@ class RoomManager:
         self._closing = True
         for room in list(self._rooms.values()):
             room.close(ServerShutdown("node shutting down"))
+            room._notify(self.room_observers.unloaded)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -419,6 +429,7 @@ class RoomManager:
         if room is not None:
             room.close(error)
             self._log.forget(canvas_id)
+            room._notify(self.room_observers.unloaded)
 
     def _create(self, canvas_id: str) -> Room:
         room = Room(
@@ -437,6 +448,8 @@ class RoomManager:
         with tracer.start_as_current_span("room.load", attributes={"canvas_id": room.canvas_id}):
             try:
                 async with asyncio.timeout(self._load_timeout_s):
+                    for hook in self.before_load:
+                        await hook(room.canvas_id)
                     updates = await self._store.load(room.canvas_id)
                 room.load(updates)
             except Exception as exc:
@@ -445,9 +458,11 @@ class RoomManager:
                     del self._rooms[room.canvas_id]
                 room.loaded.set_exception(RoomUnavailable(f"could not load canvas {room.canvas_id}"))
                 room.loaded.exception()  # mark retrieved: waiters may all have left
+                room._notify(self.room_observers.unloaded)
                 return
         self._log.note_loaded(room.canvas_id, max(len(updates) - 1, 0))
         log.info("room loaded", extra={"canvas_id": room.canvas_id, "updates": len(updates)})
+        room._notify(self.room_observers.loaded)
         room.loaded.set_result(None)
 
     def _schedule_unload(self, room: Room) -> None:
@@ -469,6 +484,7 @@ class RoomManager:
                 del self._rooms[room.canvas_id]
                 room.close(ServerShutdown("room unloaded"))
                 self._log.forget(room.canvas_id)
+                room._notify(self.room_observers.unloaded)
                 log.info("room unloaded", extra={"canvas_id": room.canvas_id})
             return
 
