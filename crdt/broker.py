@@ -1,7 +1,7 @@
 """Channel publication contract: ordered, offset-numbered streams with bounded history.
 
-Implementations: ``broker_memory.py`` (one node, in process); a Redis Streams one later.
-Imports nothing from ``app`` or ``storage``; payloads are opaque bytes.
+Implementations: ``broker_memory.py`` (one node, in process) and ``broker_redis.py`` (Redis Streams,
+shared by every node). Imports nothing from ``app`` or ``storage``; payloads are opaque bytes.
 """
 
 from __future__ import annotations
@@ -49,12 +49,25 @@ class Publication:
 
 
 PublicationHandler = Callable[[Publication], None]
+ResetHandler = Callable[[str, StreamPosition], None]
+"""Called with a channel and the position delivery continues from, when the node lost publications of
+the channel that it can never deliver (the broker's history was lost or trimmed while it was behind)."""
 
 
 class HistoryUnavailable(CrdtError):
     """The publications after a position can no longer be replayed (trimmed, or the epoch changed)."""
 
     code = "history_unavailable"
+
+
+class BrokerUnavailable(CrdtError):
+    """The broker's backend cannot be reached (or did not answer in time); nothing was done.
+
+    Raised fast while the backend is known to be down, so callers can keep serving locally.
+    """
+
+    code = "broker_unavailable"
+    retryable = True
 
 
 def is_ephemeral(channel: str) -> bool:
@@ -65,9 +78,11 @@ def is_ephemeral(channel: str) -> bool:
 class Broker(Protocol):
     """Channel streams shared by every node: publish, deliver in offset order, replay history.
 
-    Every method may wait (a Redis implementation talks to the network) and may raise
-    ``Exception`` subclasses when the backend is unreachable. Delivery to handlers is at most once
-    per node; a gap (a missed offset) is repaired by the subscriber through ``history``.
+    Every method may wait (a Redis implementation talks to the network, always under a timeout) and
+    raises ``BrokerUnavailable`` when the backend is unreachable. Delivery to a node's handler is
+    once per publication, in offset order, without gaps within an epoch, for as long as the node is
+    subscribed -- except when the broker loses publications it can never deliver: then the
+    subscription's ``on_reset`` is called first, and delivery continues after the position it names.
     """
 
     async def publish(self, channel: str, payload: bytes, *, publisher: str | None = None) -> Publication:
@@ -79,12 +94,15 @@ class Broker(Protocol):
         """
         ...
 
-    async def subscribe(self, channel: str, handler: PublicationHandler) -> StreamPosition:
+    async def subscribe(
+        self, channel: str, handler: PublicationHandler, *, on_reset: ResetHandler | None = None
+    ) -> StreamPosition:
         """Deliver ``channel``'s publications to ``handler`` (this node's fan-out) from now on.
 
-        One handler per channel per node; subscribing again replaces it. Returns the position at
-        the moment of subscription: every later publication reaches the handler. The handler is
-        called from the event loop and must not block.
+        One handler per channel per node; subscribing again replaces it (and ``on_reset``). Returns
+        the position at the moment of subscription: every later publication reaches the handler,
+        unless ``on_reset`` is called (see the class docstring). Handlers are called from the event
+        loop and must not block.
         """
         ...
 

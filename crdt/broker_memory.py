@@ -15,7 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .broker import HistoryUnavailable, Publication, PublicationHandler, StreamPosition, is_ephemeral
+from .broker import (
+    HistoryUnavailable,
+    Publication,
+    PublicationHandler,
+    ResetHandler,
+    StreamPosition,
+    is_ephemeral,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +76,10 @@ class InMemoryBroker:
         self._sweep(now)
         return publication
 
-    async def subscribe(self, channel: str, handler: PublicationHandler) -> StreamPosition:
-        """See ``Broker.subscribe``."""
+    async def subscribe(
+        self, channel: str, handler: PublicationHandler, *, on_reset: ResetHandler | None = None
+    ) -> StreamPosition:
+        """See ``Broker.subscribe``; a subscribed channel is never forgotten, so no ``on_reset``."""
         stream = self._stream(channel, self._clock())
         stream.handler = handler
         return StreamPosition(stream.offset, stream.epoch)
