@@ -50,7 +50,8 @@ def summarize(result: dict) -> str:
         lines.append("")
         lines.append(
             f"Cold sync of a {ours['elements']:,}-element canvas ({ours['state_bytes'] / 1e6:.1f} MB): "
-            f"{ours['first_sync_ms']:.0f} ms for the first client after a restart (ours loads it from SQLite) "
+            f"{ours['first_sync_ms']:.0f} ms for the first client after a restart "
+            "(ours loads it from SQLite) "
             f"vs {base['first_sync_ms']:.0f} ms (baseline, in memory); {ours['warm_sync_ms']:.0f} vs "
             f"{base['warm_sync_ms']:.0f} ms once loaded."
         )

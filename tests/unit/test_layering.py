@@ -1,4 +1,4 @@
-"""The package boundaries of DESIGN.md hold: crdt and storage never import each other or app."""
+"""House rules that tools check: the package boundaries of DESIGN.md, and ruff lint + format."""
 
 from __future__ import annotations
 
@@ -14,3 +14,11 @@ def test_import_contracts_hold() -> None:
     assert lint_imports, "import-linter is a test dependency: pip install -e '.[test]'"
     result = subprocess.run([lint_imports], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_lint_and_format_are_clean() -> None:
+    ruff = shutil.which("ruff")
+    assert ruff, "ruff is a test dependency: pip install -e '.[test]'"
+    for args in (["check", "."], ["format", "--check", "."]):
+        result = subprocess.run([ruff, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
