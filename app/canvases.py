@@ -248,9 +248,9 @@ class CanvasService:
             room = self.rooms.get(canvas_id)
             await self.wait_durable()
             editors = await self.editors(canvas_id)
-            self.rooms.close_room(canvas_id, RoomClosed("canvas deleted"))
-            await self.wait_durable()  # queued updates of the closed room must not recreate it afterwards
-            deleted = await self.bounded(self.store.delete_document(canvas_id), "deleting the canvas")
+            async with self.rooms.deleting(canvas_id, RoomClosed("canvas deleted")):
+                await self.wait_durable()  # queued updates of the closed room must not recreate it afterwards
+                deleted = await self.bounded(self.store.delete_document(canvas_id), "deleting the canvas")
         if deleted or room is not None:
             log.info("canvas deleted", extra={"canvas_id": canvas_id})
         return deleted or room is not None, editors

@@ -358,6 +358,7 @@ class RoomManager:
             "max_peers": max_peers_per_room,
         }
         self._rooms: dict[str, Room] = {}
+        self._deleting: set[str] = set()
         self.room_observers = RoomObservers()
         self.observers: list[ChangeObserver] = self.room_observers.changes
         self.before_load: list[LoadHook] = []  # awaited in order, within the load timeout
@@ -398,12 +399,16 @@ class RoomManager:
         """
         if self._closing:
             raise ServerShutdown("node shutting down")
+        if canvas_id in self._deleting:
+            raise RoomClosed(f"canvas {canvas_id} is being deleted")
         room = self._rooms.get(canvas_id)
         if room is None:
             room = self._create(canvas_id)
         room.leases += 1
         try:
             await asyncio.shield(room.loaded)
+            if room.closed:  # deleted while we waited for the load
+                raise RoomClosed(f"canvas {canvas_id} was deleted")
             yield room
         finally:
             room.leases -= 1
@@ -422,6 +427,20 @@ class RoomManager:
                 yield room
             finally:
                 room.remove_peer(peer)
+
+    @asynccontextmanager
+    async def deleting(self, canvas_id: str, error: RoomClosed) -> AsyncIterator[None]:
+        """Close ``canvas_id``'s room and refuse every lease and join on it until the block exits.
+
+        The caller deletes the canvas from storage inside the block: a client arriving meanwhile
+        would otherwise load the not-yet-deleted canvas into a fresh room that outlives the delete.
+        """
+        self._deleting.add(canvas_id)
+        try:
+            self.close_room(canvas_id, error)
+            yield
+        finally:
+            self._deleting.discard(canvas_id)
 
     def close_room(self, canvas_id: str, error: RoomClosed) -> None:
         """Disconnect everyone from ``canvas_id`` (the canvas was deleted) and forget the room."""
