@@ -92,7 +92,10 @@ class Dispatcher:
             )
             session.send_error(_internal(), original_message_id=message.id, trace_id=trace_id)
         finally:
-            session.handled_messages += 1
+            # resume is honoured only on a session's first message; a refused connection_init
+            # (e.g. a malformed offset) did nothing, so the client may send a corrected one
+            if message.type != "connection_init" or session.initialised:
+                session.resumable = False
 
     def _decode(self, text: str | None, payload: bytes | None) -> ClientMessage:
         fmt = self.session.fmt
@@ -132,14 +135,18 @@ class Dispatcher:
         _optional(data, "clientInfo", dict, message)
         compact = _optional(data, "compactCursors", bool, message)
         resume = _optional(data, "resume", dict, message)
-        offsets: dict[str, Any] = {}
+        offsets: dict[str, Since | None] = {}
         if resume is not None:
             _required(resume, "sessionId", str, message, "resume.sessionId")
-            offsets = _optional(resume, "offsets", dict, message, "resume.offsets") or {}
+            raw_offsets = _optional(resume, "offsets", dict, message, "resume.offsets") or {}
+            # all checked before the parked session is taken: a bad one must not cost the others
+            offsets = {
+                name: _since(value, message, f"resume.offsets.{name}") for name, value in raw_offsets.items()
+            }
         session.initialised = True
         session.compact_cursors = bool(compact) and session.fmt is Format.MSGPACK
         state = None
-        if resume is not None and session.handled_messages == 0:
+        if resume is not None and session.resumable:
             state = await self.gateway.resume(session, resume["sessionId"])
         settings = self.gateway.settings
         ack: dict[str, Any] = {
@@ -165,9 +172,7 @@ class Dispatcher:
         if state is None:
             return
         for name, position in sorted(state.channels.items()):
-            since = _since(offsets.get(name), message, f"resume.offsets.{name}") or Since(
-                position.offset, position.epoch
-            )
+            since = offsets.get(name) or Since(position.offset, position.epoch)
             if since.epoch is None:
                 since = Since(since.offset, position.epoch)
             try:

@@ -135,7 +135,7 @@ class Session:
         self.sink = sink
         self.compact_cursors = False
         self.initialised = False
-        self.handled_messages = 0
+        self.resumable = True  # until the first message that did something
         self.subscriptions: dict[str, Subscription] = {}
         self.seats: dict[str, Seat] = {}
         self.acks: asyncio.Queue[PendingAck] = asyncio.Queue()

@@ -128,3 +128,22 @@ async def test_subscribe_with_since_and_with_history(server) -> None:
         assert (await alice.request("subscribe", ahead, "subscribed"))["data"][
             "code"
         ] == "SUBSCRIPTION_FAILED"
+
+
+async def test_resume_with_a_malformed_offset_is_refused_and_can_be_retried(server) -> None:
+    """A bad offset is INVALID_MESSAGE before anything is taken: the session stays resumable."""
+    token = mint("alice")
+    async with json_client(server.ws_url, token) as alice:
+        session_id = alice.session_id
+        await alice.subscribe("canvas:r1")
+        await alice.subscribe("canvas:r2")
+    bad = {"resume": {"sessionId": session_id, "offsets": {"canvas:r1": "oops"}}}
+    async with json_client(server.ws_url, token, init=False) as again:
+        await again.send("connection_init", bad, id="init1")
+        error = await again.error("INVALID_MESSAGE")
+        assert error["data"]["original_message_id"] == "init1"
+        assert not again.unconsumed("connection_ack")
+        await again.send("connection_init", {"resume": {"sessionId": session_id, "offsets": {}}})
+        ack = await again.expect("connection_ack")
+        assert ack["data"]["resumed"] is True
+        assert ack["data"]["subscriptions"] == ["canvas:r1", "canvas:r2"]
