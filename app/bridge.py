@@ -151,7 +151,7 @@ class Bridge:
             future = self._publish(channel, "canvas_updated", data, publisher, trace_id)
             if tag is not None:
                 tag.publications.append(future)
-        if change.origin is Origin.PEER and change.user_id is not None:
+        if (change.origin is Origin.PEER or tag is not None) and change.user_id is not None:  # an edit
             self._announce(self.presence.touch(room.canvas_id, change.user_id), publisher)
 
     def on_awareness(self, room: Room, entries: list[AwarenessEntry], owner: str) -> None:

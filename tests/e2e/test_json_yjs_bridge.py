@@ -114,3 +114,23 @@ async def test_locks_hold_for_json_clients_and_are_visible_to_yjs(server) -> Non
         update = {"canvasId": "b3", "action": "update", "elementId": "e1", "properties": {"x": 2}}
         assert (await kim.request("canvas_update", update, "ack"))["data"]["code"] == "FORBIDDEN"
         assert (await jane.request("canvas_update", update, "ack"))["type"] == "ack"
+
+
+async def test_json_edit_makes_an_idle_user_active_again(server_factory, sqlite_url) -> None:
+    server = await server_factory(database_url=sqlite_url, presence_idle_after_s=0.3)
+    async with (
+        json_client(server.ws_url, mint("jane")) as jane,
+        json_client(server.ws_url, mint("bob")) as bob,
+    ):
+        await jane.subscribe("canvas:idle")
+        await bob.subscribe("canvas:idle")
+        idle = await jane.expect(
+            "presence", lambda m: m["data"]["event"] == "idle" and m["data"]["user"]["id"] == "bob"
+        )
+        assert idle["data"]["canvasId"] == "idle"
+        edit = {"canvasId": "idle", "action": "add", "elementId": "e1", "properties": {"type": "rect"}}
+        assert (await bob.request("canvas_update", edit, "ack"))["type"] == "ack"
+        active = await jane.expect(
+            "presence", lambda m: m["data"]["event"] == "active" and m["data"]["user"]["id"] == "bob"
+        )
+        assert active["data"]["canvasId"] == "idle"
