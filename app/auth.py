@@ -32,7 +32,7 @@ class Principal:
 
     user_id: str
     name: str
-    expires_at: float  # epoch seconds
+    expires_at: float  # epoch seconds: the token's exp plus the leeway, when connections using it close
     perms: dict[str, Role] = field(default_factory=dict)
 
     def role_for(self, resource: str) -> Role:
@@ -96,7 +96,9 @@ class Authenticator:
             raise AuthFailed("token expired") from exc
         except jwt.InvalidTokenError as exc:
             raise AuthFailed(f"invalid token: {type(exc).__name__}") from exc
-        return _principal(claims)
+        # the leeway that let the token in also applies to how long it keeps a connection open:
+        # otherwise a token accepted within the leeway would be closed with 4001 right away
+        return _principal(claims, self._leeway)
 
     def issue(self, sub: str, name: str, perms: dict[str, str], *, ttl_s: int = 3600) -> str:
         """Sign a token (HS256 deployments only): used by ``maily-realtime token`` and the tests."""
@@ -111,7 +113,7 @@ class Authenticator:
         return jwt.encode(claims, self._signing_key, algorithm=self._algorithms[0])
 
 
-def _principal(claims: dict[str, Any]) -> Principal:
+def _principal(claims: dict[str, Any], leeway_s: float) -> Principal:
     sub = claims["sub"]
     if not isinstance(sub, str) or not sub:
         raise AuthFailed("claim sub must be a non-empty string")
@@ -126,6 +128,6 @@ def _principal(claims: dict[str, Any]) -> Principal:
     return Principal(
         user_id=sub,
         name=name if isinstance(name, str) and name else sub,
-        expires_at=float(claims["exp"]),
+        expires_at=float(claims["exp"]) + leeway_s,
         perms=perms,
     )

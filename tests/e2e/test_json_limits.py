@@ -130,7 +130,7 @@ async def test_users_per_canvas(server_factory, sqlite_url) -> None:
 
 
 async def test_token_expiring_then_refresh_keeps_the_session(server_factory, sqlite_url) -> None:
-    server = await server_factory(database_url=sqlite_url, token_expiring_before_s=2.5)
+    server = await server_factory(database_url=sqlite_url, token_expiring_before_s=2.5, jwt_leeway_s=0)
     async with json_client(server.ws_url, mint("alice", ttl=3)) as client:
         warning = await client.expect("token_expiring", timeout=3)
         assert warning["data"]["expiresInMs"] <= 3000 and warning["data"]["expiresAt"].endswith("Z")
@@ -141,7 +141,7 @@ async def test_token_expiring_then_refresh_keeps_the_session(server_factory, sql
 
 
 async def test_expiry_without_refresh_closes_4001(server_factory, sqlite_url) -> None:
-    server = await server_factory(database_url=sqlite_url, token_expiring_before_s=1)
+    server = await server_factory(database_url=sqlite_url, token_expiring_before_s=1, jwt_leeway_s=0)
     async with json_client(server.ws_url, mint("alice", ttl=2)) as client:
         await client.expect("token_expiring", timeout=3)
         error = await client.error("AUTH_FAILED", timeout=4)

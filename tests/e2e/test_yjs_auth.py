@@ -113,3 +113,19 @@ async def test_read_role_cannot_write_but_write_role_can(server) -> None:
         async with yjs_client(server.ws_url, "roles", mint("r", {"canvas:*": "read"})) as (r, _, _):
             elements(w)["ok"] = Map({"x": 1})
             await eventually(lambda: "ok" in elements(r))
+
+
+async def test_token_within_leeway_keeps_the_connection_until_leeway_ends(server_factory, sqlite_url) -> None:
+    """A token accepted thanks to the leeway is not closed with 4001 the moment it is accepted."""
+    server = await server_factory(database_url=sqlite_url, jwt_leeway_s=3)
+    now = int(time.time())
+    token = _signed(_claims(iat=now - 60, exp=now - 1))  # expired 1 s ago, within the 3 s leeway
+    async with websockets.connect(f"{server.ws_url}/yjs/lee?token={token}") as ws:
+        await ws.recv()  # sync step 1
+        await asyncio.sleep(1.0)
+        assert ws.state is websockets.State.OPEN
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            async with asyncio.timeout(5):
+                while True:
+                    await ws.recv()
+    assert closed.value.rcvd.code == 4001
