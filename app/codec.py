@@ -374,16 +374,19 @@ def _compact_cursor_moved(message: dict[str, Any]) -> OutFrame | None:
     """``cursor_moved`` as a compact frame, or None when the message is not one or does not fit."""
     if message.get("type") != "cursor_moved":
         return None
-    data = message["data"]
-    strings = [s.encode("utf-8") for s in (data["canvasId"], data["user"]["id"], data["user"]["name"])]
+    try:  # server-side publishers may send any data under this type: only the usual shape is compacted
+        data = message["data"]
+        strings = [s.encode("utf-8") for s in (data["canvasId"], data["user"]["id"], data["user"]["name"])]
+        position = data["position"]
+    except (KeyError, TypeError, AttributeError):
+        return None
     if any(len(s) > 255 for s in strings):
         return None
-    position = data["position"]
-    body = bytearray((COMPACT_CURSOR_MOVED, _STATES.get(data.get("state", "active"), 0)))
     try:
+        body = bytearray((COMPACT_CURSOR_MOVED, _STATES.get(data.get("state", "active"), 0)))
         body += _F32X2.pack(position["x"], position["y"])
-    except (OverflowError, struct.error):
-        return None  # beyond float32: the MessagePack envelope carries it
+    except (OverflowError, struct.error, KeyError, TypeError, AttributeError):
+        return None  # beyond float32, or not the usual shape: the MessagePack envelope carries it
     for s in strings:
         body.append(len(s))
         body += s

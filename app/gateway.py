@@ -124,15 +124,19 @@ class Gateway:
     async def detach(self, session: Session) -> None:
         """The connection ended: leave every channel and canvas, and park the session for resumption."""
         state = session.state()
-        for subscription in list(session.subscriptions.values()):
-            await self.hub.remove(subscription)
-        session.subscriptions.clear()
-        for canvas_id in list(session.seats):
-            await self._unseat(session, canvas_id, None)
-        if self.sessions.live.get(session.session_id) is session:
-            del self.sessions.live[session.session_id]
-        await self.sessions.park(state)
-        session.detached.set()
+        try:
+            for subscription in list(session.subscriptions.values()):
+                await self.hub.remove(subscription)
+            session.subscriptions.clear()
+            for canvas_id in list(session.seats):
+                await self._unseat(session, canvas_id, None)
+        finally:  # whatever failed above, the session is no longer live and can be resumed
+            if self.sessions.live.get(session.session_id) is session:
+                del self.sessions.live[session.session_id]
+            try:
+                await self.sessions.park(state)
+            finally:
+                session.detached.set()
 
     async def resume(self, session: Session, session_id: str) -> SessionState | None:
         """Take over parked (or still live) session ``session_id`` of the same user, if it exists.

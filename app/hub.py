@@ -12,7 +12,7 @@ from collections import deque
 from types import TracebackType
 from typing import Any, Protocol
 
-from crdt.broker import Broker, Publication, StreamPosition
+from crdt.broker import Broker, BrokerUnavailable, Publication, StreamPosition
 
 from .codec import Delivery, dump_json
 
@@ -87,19 +87,45 @@ class Hub:
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
         self._channels: dict[str, dict[int, Subscription]] = {}
+        self._joining: dict[str, asyncio.Future[None]] = {}
         self._lock = asyncio.Lock()
 
     async def add(self, subscription: Subscription) -> StreamPosition:
-        """Register ``subscription`` (buffering) and return the channel's position at that moment."""
+        """Register ``subscription`` (buffering) and return the channel's position at that moment.
+
+        The first local subscriber of a channel subscribes this node at the broker; later ones wait
+        for that to finish before reading the position, so none of them starts at a position whose
+        publications this node was not yet receiving. If the broker subscription fails, every
+        subscriber waiting on it fails too and the channel is left.
+        """
         channel = subscription.channel
         local = self._channels.get(channel)
         if local is None:
             local = self._channels[channel] = {}
             local[id(subscription)] = subscription
-            async with self._lock:
-                return await self._broker.subscribe(channel, self._on_publication)
+            joined = self._joining[channel] = asyncio.get_running_loop().create_future()
+            try:
+                async with self._lock:
+                    position = await self._broker.subscribe(channel, self._on_publication)
+            except BaseException as exc:
+                if self._channels.get(channel) is local:
+                    del self._channels[channel]
+                joined.set_exception(exc if isinstance(exc, Exception) else BrokerUnavailable("cancelled"))
+                joined.exception()  # retrieved: there may be no other waiter
+                raise
+            finally:
+                self._joining.pop(channel, None)
+            joined.set_result(None)
+            return position
         local[id(subscription)] = subscription
-        return await self._broker.position(channel)
+        joining = self._joining.get(channel)
+        try:
+            if joining is not None:
+                await asyncio.shield(joining)
+            return await self._broker.position(channel)
+        except BaseException:
+            local.pop(id(subscription), None)
+            raise
 
     async def remove(self, subscription: Subscription) -> None:
         """Unregister ``subscription``; the node leaves the channel when it was the last one here."""
@@ -112,7 +138,10 @@ class Hub:
         del self._channels[channel]
         async with self._lock:
             if channel not in self._channels:
-                await self._broker.unsubscribe(channel)
+                try:
+                    await self._broker.unsubscribe(channel)
+                except Exception:  # the broker is down: its deliveries find no local subscriber
+                    log.warning("broker unsubscribe failed", extra={"channel": channel}, exc_info=True)
 
     def local_count(self, channel: str) -> int:
         """Distinct sessions of this node subscribed to ``channel``."""
@@ -124,7 +153,10 @@ class Hub:
             return
         delivery = to_delivery(publication)
         for subscription in list(local.values()):
-            subscription.deliver(delivery)
+            try:
+                subscription.deliver(delivery)
+            except Exception:  # one receiver's failure must not cost the others this publication
+                log.exception("delivery failed", extra={"channel": publication.channel})
 
 
 def to_delivery(publication: Publication) -> Delivery:
