@@ -58,6 +58,7 @@ class LocalRateLimiter:
         self._burst = burst
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
+        self._next_sweep = 0.0
 
     def allow(self, user_id: str) -> bool:
         """See ``RateLimiter.allow``."""
@@ -73,12 +74,22 @@ class LocalRateLimiter:
         return True
 
     def forget(self, user_id: str) -> None:
-        """See ``RateLimiter.forget``: only a full bucket is dropped, so reconnecting refills nothing."""
+        """See ``RateLimiter.forget``: only a full bucket is dropped, so reconnecting refills nothing.
+
+        Buckets of users who left while partly drained are swept once they have refilled, at most
+        once per refill period, so the table stays bounded by the users active in that period.
+        """
+        now = self._clock()
         bucket = self._buckets.get(user_id)
-        if bucket is not None and bucket.tokens + (self._clock() - bucket.stamp) * self._rate >= self._burst:
+        if bucket is not None and self._refilled(bucket, now):
             del self._buckets[user_id]
-        for stale in [uid for uid, b in self._buckets.items() if b.tokens >= self._burst]:
-            del self._buckets[stale]  # full buckets are the default: forgetting them changes nothing
+        if now >= self._next_sweep:
+            self._next_sweep = now + self._burst / self._rate
+            for stale in [uid for uid, b in self._buckets.items() if self._refilled(b, now)]:
+                del self._buckets[stale]  # full buckets are the default: forgetting them changes nothing
+
+    def _refilled(self, bucket: _Bucket, now: float) -> bool:
+        return bucket.tokens + (now - bucket.stamp) * self._rate >= self._burst
 
 
 class LocalConnectionLimiter:

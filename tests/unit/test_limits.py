@@ -51,3 +51,16 @@ def test_presence_counts_users_not_connections() -> None:
     assert presence.touch("c", "u").event == "active"
     assert presence.leave("c", "u", "sess_1") is None
     assert presence.leave("c", "u", "p_1").event == "leave" and presence.count("c") == 0
+
+
+def test_buckets_of_users_who_left_are_swept_once_refilled() -> None:
+    clock = Clock()
+    limiter = LocalRateLimiter(10, 10, clock=clock)
+    for i in range(1000):  # each sends a little and disconnects within the same second
+        user = f"u{i}"
+        assert limiter.allow(user)
+        limiter.forget(user)
+    clock.now += 1.1  # one refill period (burst / rate = 1 s) later
+    limiter.allow("late")
+    limiter.forget("late")
+    assert len(limiter._buckets) <= 1
