@@ -172,6 +172,7 @@ HTTP_STATUSES: dict[str, int] = {
     "method_not_allowed": 405,
     "room_closed": 404,
     "server_shutdown": 503,
+    "broker_unavailable": 503,
 }
 
 
