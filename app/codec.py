@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -72,6 +73,11 @@ class ClientMessage:
     data: dict[str, Any]
     id: str | int | None = None
     trace_id: str | None = None
+
+
+def iso_utc(epoch_s: float) -> str:
+    """Epoch seconds as ISO 8601 UTC to the second, e.g. ``2026-05-20T15:30:00Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.floor(epoch_s)))
 
 
 def now_iso() -> str:

@@ -7,17 +7,16 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from crdt.canvas import ELEMENT_ACTIONS, LAYER_ACTIONS, Actor, Edit, to_json
+from crdt.canvas import ELEMENT_ACTIONS, LAYER_ACTIONS, Actor, Edit, is_number, to_json
 from crdt.errors import CrdtError, RoomClosed
 
 from .assistant import AiRequest
 from .auth import CANVAS_ID, Role
 from .channels import Channel, authorize_subscribe, canvas_channel, parse_channel
-from .codec import BadMessage, ClientMessage, Format, decode_binary, decode_text, now_iso
+from .codec import BadMessage, ClientMessage, Format, decode_binary, decode_text, iso_utc, now_iso
 from .errors import (
     AiUnavailable,
     AppError,
@@ -336,7 +335,7 @@ class Dispatcher:
             except Forbidden:
                 await self.gateway.unsubscribe(session, name)
                 session.send("unsubscribed", {"channel": name, "reason": "forbidden"}, trace_id, channel=name)
-        expires = _iso(principal.expires_at)
+        expires = iso_utc(principal.expires_at)
         session.send("token_refreshed", {"expiresAt": expires}, trace_id)
 
     async def _heartbeat(self, session: Session, message: ClientMessage, trace_id: str) -> None:
@@ -402,16 +401,12 @@ def _typed(value: Any, kind: type, message: ClientMessage, label: str) -> Any:
     return value
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _point(value: Any, message: ClientMessage, label: str, *, stamp: bool) -> dict[str, Any]:
-    if not isinstance(value, dict) or not _number(value.get("x")) or not _number(value.get("y")):
+    if not isinstance(value, dict) or not is_number(value.get("x")) or not is_number(value.get("y")):
         raise BadMessage(f"data.{label} must be {{x, y}} with numbers", message.id)
     point = {"x": value["x"], "y": value["y"]}
     if stamp and value.get("timestamp") is not None:
-        if not _number(value["timestamp"]) and not isinstance(value["timestamp"], str):
+        if not is_number(value["timestamp"]) and not isinstance(value["timestamp"], str):
             raise BadMessage(f"data.{label}.timestamp must be a number or a string", message.id)
         point["timestamp"] = value["timestamp"]
     return point
@@ -420,7 +415,7 @@ def _point(value: Any, message: ClientMessage, label: str, *, stamp: bool) -> di
 def _since(value: Any, message: ClientMessage, label: str) -> Since | None:
     if value is None:
         return None
-    if _number(value) and isinstance(value, int) and value >= 0:
+    if is_number(value) and isinstance(value, int) and value >= 0:
         return Since(value)
     if isinstance(value, dict):
         offset, epoch = value.get("offset"), value.get("epoch")
@@ -428,10 +423,6 @@ def _since(value: Any, message: ClientMessage, label: str) -> Since | None:
             if epoch is None or isinstance(epoch, str):
                 return Since(offset, epoch)
     raise BadMessage(f"{label} must be an offset (integer >= 0) or {{offset, epoch}}", message.id)
-
-
-def _iso(epoch_s: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_s))
 
 
 def _internal() -> AppError:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Awaitable
 
@@ -17,7 +16,7 @@ from fastapi import APIRouter, WebSocket
 
 from crdt.errors import CrdtError, PeerLeft
 
-from .codec import MSGPACK_SUBPROTOCOL, Format
+from .codec import MSGPACK_SUBPROTOCOL, Format, iso_utc
 from .errors import AppError, AuthFailed, IdleTimeout, TokenExpired, TooManyConnections, close_code_for
 from .gateway import Gateway
 from .handlers import Dispatcher
@@ -139,7 +138,7 @@ async def _timers(gateway: Gateway, session: Session) -> None:
         warn_at = expires_at - settings.token_expiring_before_s
         if not session.token_warned and wall >= warn_at:
             session.token_warned = True
-            data = {"expiresAt": _iso(expires_at), "expiresInMs": int((expires_at - wall) * 1000)}
+            data = {"expiresAt": iso_utc(expires_at), "expiresInMs": int((expires_at - wall) * 1000)}
             session.send("token_expiring", data)
         waits = [idle_deadline - now, expires_at - wall]
         if not session.token_warned:
@@ -166,7 +165,3 @@ async def _acks(gateway: Gateway, session: Session) -> None:
             data["offset"] = publication.offset
             data["channel"] = publication.channel
         session.send("ack", data, pending.trace_id)
-
-
-def _iso(epoch_s: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.floor(epoch_s)))

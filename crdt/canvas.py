@@ -106,13 +106,13 @@ class ChangeCollector:
             if len(path) > 1 or not isinstance(event, MapEvent):
                 # a nested type inside the item changed: report that field's value as a whole
                 field_name = path[1] if len(path) > 1 else path[0]
-                item.properties[field_name] = _plain(_to_py(_field(self._roots[root], path[0], field_name)))
+                item.properties[field_name] = _plain(to_py(_field(self._roots[root], path[0], field_name)))
                 continue
             for key, change in event.keys.items():
                 if change["action"] == "delete":
                     item.removed.append(str(key))
                 else:
-                    item.properties[str(key)] = _plain(_to_py(change.get("newValue")))
+                    item.properties[str(key)] = _plain(to_py(change.get("newValue")))
             if root == ELEMENTS and ("x" in event.keys or "y" in event.keys):
                 element = self._roots[root].get(path[0])
                 if isinstance(element, Map):
@@ -122,7 +122,7 @@ class ChangeCollector:
         if change["action"] == "delete":
             self._changes[(root, item_id)] = ItemChange(root, item_id, "delete")
             return
-        value = _plain(_to_py(change.get("newValue")))
+        value = _plain(to_py(change.get("newValue")))
         properties = value if isinstance(value, dict) else {"value": value}
         self._changes[(root, item_id)] = ItemChange(root, item_id, "add", properties)
 
@@ -133,7 +133,8 @@ class ChangeCollector:
         return item
 
 
-def _to_py(value: Any) -> Any:
+def to_py(value: Any) -> Any:
+    """A shared type's plain Python value; other values as they are."""
     return value.to_py() if hasattr(value, "to_py") else value
 
 
@@ -293,7 +294,7 @@ def _checked_element_fields(properties: dict[str, Any] | None, *, required: bool
             if key in ("id", "type"):
                 raise EditRefused(f"properties.{key} cannot be removed")
             continue
-        if key in _NUMBER_FIELDS and not _is_number(value):
+        if key in _NUMBER_FIELDS and not is_number(value):
             raise EditRefused(f"properties.{key} must be a number")
         if key in _STRING_FIELDS | {"id"} and not isinstance(value, str):
             raise EditRefused(f"properties.{key} must be a string")
@@ -303,12 +304,13 @@ def _checked_element_fields(properties: dict[str, Any] | None, *, required: bool
 
 
 def _checked_position(position: dict[str, Any] | None) -> dict[str, Any]:
-    if position is None or not _is_number(position.get("x")) or not _is_number(position.get("y")):
+    if position is None or not is_number(position.get("x")) or not is_number(position.get("y")):
         raise EditRefused("move needs position {x, y} with numbers")
     return position
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A JSON number (bools are ints in Python, not numbers in JSON)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from pycrdt import Array, Doc, Map, Text
 
-from .canvas import ELEMENTS, LAYERS, META, roots, to_json
+from .canvas import ELEMENTS, LAYERS, META, is_number, roots, to_json, to_py
 
 
 def load_version(state: bytes) -> Doc:
@@ -32,8 +32,8 @@ def same(a: Any, b: Any) -> bool:
     """JSON equality as a client sees it: ``1 == 1.0`` but ``True != 1``, ``{} != []``, ``None != 0``."""
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
-    if _is_number(a) or _is_number(b):
-        return _is_number(a) and _is_number(b) and a == b
+    if is_number(a) or is_number(b):
+        return is_number(a) and is_number(b) and a == b
     if isinstance(a, dict) or isinstance(b, dict):
         return (
             isinstance(a, dict)
@@ -84,7 +84,7 @@ def _sync_map(live: Map, version: Map) -> int:
             if isinstance(current, Map) and isinstance(target, Map):
                 writes += _sync_map(current, target)
                 continue
-            if same(_to_py(current), _to_py(target)):
+            if same(to_py(current), to_py(target)):
                 continue
         live[key] = _copy(target)
         writes += 1
@@ -99,15 +99,7 @@ def _copy(value: Any) -> Any:
         return Array([_copy(item) for item in value])
     if isinstance(value, Text):
         return Text(str(value))
-    return _to_py(value)
-
-
-def _to_py(value: Any) -> Any:
-    return value.to_py() if hasattr(value, "to_py") else value
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return to_py(value)
 
 
 # -- diff -------------------------------------------------------------------------------------------
