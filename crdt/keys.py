@@ -34,3 +34,102 @@ def parse_doc_channel(name: str) -> str | None:
     if len(parts) != 3 or parts[0] != _DOC_KIND or parts[2] != _DOC_SUFFIX:
         return None
     return parts[1] if _CANVAS_ID.match(parts[1]) else None
+
+
+# -- Redis keys ------------------------------------------------------------------------------------
+# Every key starts with a prefix (``maily`` by default) so that several deployments can share one
+# Redis. A channel's two keys share the hash tag ``{<channel>}``: the publish script touches both.
+
+
+def _tagged(prefix: str, kind: str, name: str, suffix: str) -> str:
+    return f"{prefix}:{kind}:{{{name}}}:{suffix}"
+
+
+def _untag(prefix: str, kind: str, key: str, suffix: str) -> str | None:
+    head, tail = f"{prefix}:{kind}:{{", f"}}:{suffix}"
+    if not key.startswith(head) or not key.endswith(tail) or len(key) <= len(head) + len(tail):
+        return None
+    return key[len(head) : -len(tail)]
+
+
+def channel_meta_key(prefix: str, channel: str) -> str:
+    """The hash holding a channel's ``epoch`` and last ``offset``: ``<prefix>:ch:{<channel>}:meta``."""
+    return _tagged(prefix, "ch", channel, "meta")
+
+
+def parse_channel_meta_key(prefix: str, key: str) -> str | None:
+    """The channel of a ``channel_meta_key``, or None when ``key`` is not one."""
+    return _untag(prefix, "ch", key, "meta")
+
+
+def channel_log_key(prefix: str, channel: str) -> str:
+    """The stream of a channel's publications (entry id ``<offset>-0``): ``<prefix>:ch:{<channel>}:log``."""
+    return _tagged(prefix, "ch", channel, "log")
+
+
+def parse_channel_log_key(prefix: str, key: str) -> str | None:
+    """The channel of a ``channel_log_key``, or None when ``key`` is not one."""
+    return _untag(prefix, "ch", key, "log")
+
+
+def node_probe_key(prefix: str, node_id: str) -> str:
+    """A node's private stream of liveness probes and reader wake-ups: ``<prefix>:node:{<id>}:probe``."""
+    return _tagged(prefix, "node", node_id, "probe")
+
+
+def parse_node_probe_key(prefix: str, key: str) -> str | None:
+    """The node id of a ``node_probe_key``, or None when ``key`` is not one."""
+    return _untag(prefix, "node", key, "probe")
+
+
+def session_key(prefix: str, session_id: str) -> str:
+    """A parked (resumable) JSON-protocol session: ``<prefix>:session:{<session_id>}:state``."""
+    return _tagged(prefix, "session", session_id, "state")
+
+
+def parse_session_key(prefix: str, key: str) -> str | None:
+    """The session id of a ``session_key``, or None when ``key`` is not one."""
+    return _untag(prefix, "session", key, "state")
+
+
+def presence_key(prefix: str, canvas_id: str) -> str:
+    """A canvas's participants (sorted set, score: lease expiry ms): ``<prefix>:presence:{<id>}:users``."""
+    return _tagged(prefix, "presence", canvas_id, "users")
+
+
+def parse_presence_key(prefix: str, key: str) -> str | None:
+    """The canvas id of a ``presence_key``, or None when ``key`` is not one."""
+    return _untag(prefix, "presence", key, "users")
+
+
+def presence_member(user_id: str, node_id: str, user_name: str) -> str:
+    """One user on one node, as a member of a ``presence_key`` set: ``<node>\\n<user>\\n<name>``."""
+    return f"{node_id}\n{user_id}\n{user_name}"
+
+
+def parse_presence_member(member: str) -> tuple[str, str, str] | None:
+    """``(user_id, node_id, user_name)`` of a ``presence_member``, or None when it is not one."""
+    parts = member.split("\n", 2)
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        return None
+    return parts[1], parts[0], parts[2]
+
+
+def rate_key(prefix: str, user_id: str) -> str:
+    """A user's cluster-wide token bucket (hash ``tokens``, ``stamp``): ``<prefix>:rate:{<user>}:bucket``."""
+    return _tagged(prefix, "rate", user_id, "bucket")
+
+
+def parse_rate_key(prefix: str, key: str) -> str | None:
+    """The user id of a ``rate_key``, or None when ``key`` is not one."""
+    return _untag(prefix, "rate", key, "bucket")
+
+
+def connections_key(prefix: str, user_id: str) -> str:
+    """A user's connections per node (hash ``node -> count:expiry_ms``): ``<prefix>:conn:{<user>}:nodes``."""
+    return _tagged(prefix, "conn", user_id, "nodes")
+
+
+def parse_connections_key(prefix: str, key: str) -> str | None:
+    """The user id of a ``connections_key``, or None when ``key`` is not one."""
+    return _untag(prefix, "conn", key, "nodes")

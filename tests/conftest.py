@@ -33,6 +33,7 @@ from app.main import create_app
 from app.node import Node
 from storage.db import make_engine
 from storage.migrate import upgrade
+from tests.redisserver import RedisServer
 
 JWT_SECRET = "test-secret-0123456789abcdef0123456789"
 ISSUED_TOKENS: set[str] = set()
@@ -333,3 +334,37 @@ async def server_database_url(database_url: str) -> str:
     finally:
         await engine.dispose()
     return database_url
+
+
+# -- a private Redis ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One private ``redis-server`` for the whole run (tests separate themselves by key prefix)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def redis_url(shared_redis: RedisServer) -> str:
+    return shared_redis.url
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix of this test's own, so tests sharing the Redis never see each other's keys."""
+    return f"t{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A ``redis-server`` of this test alone, which it may kill and restart."""
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.kill()
