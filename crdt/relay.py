@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import time
 from collections import deque
@@ -24,7 +25,7 @@ from enum import IntEnum
 from types import TracebackType
 from typing import TypeVar
 
-from pycrdt import Doc
+from pycrdt import Doc, merge_updates
 
 from . import protocol
 from .broker import Broker, HistoryUnavailable, Publication, StreamPosition
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ENVELOPE_VERSION = 1
+_COALESCE_MAX_BYTES = 1024 * 1024  # largest merge of queued updates into one envelope
 
 
 class EnvelopeKind(IntEnum):
@@ -126,6 +128,7 @@ class RelayStats:
     """Counters for tests, benchmarks and metrics."""
 
     published: int = 0  # envelopes this node published
+    coalesced: int = 0  # queued updates merged into another one's envelope (a backlog was draining)
     publish_failures: int = 0
     applied: int = 0  # other nodes' updates applied to a room
     replies_applied: int = 0  # sync replies addressed to this node, applied
@@ -158,10 +161,11 @@ class _DocChannel:
     closed: bool = False
 
 
-@dataclass(slots=True)
+@dataclass(eq=False, slots=True)
 class _Outbound:
     canvas_id: str
-    payload: bytes
+    payload: bytes  # the encoded envelope
+    update: bytes | None = None  # an UPDATE's Yjs update, for coalescing
 
 
 class DocumentRelay:
@@ -192,6 +196,8 @@ class DocumentRelay:
         check_interval_s: how often each channel's stream position is compared with what was applied
             (finds a lost tail publication, a new epoch, a dead subscription).
         retry_max_s: longest pause between retries of a failing broker or store call.
+        coalesce_max: most queued updates of one canvas merged into one envelope when a backlog
+            drains (consecutive in the queue, so the order is kept); 1 publishes each one alone.
         shutdown_timeout_s: longest wait at exit for the backlog to be published.
     """
 
@@ -207,6 +213,7 @@ class DocumentRelay:
         pending_max: int = 10_000,
         check_interval_s: float = 2.0,
         retry_max_s: float = 1.0,
+        coalesce_max: int = 256,
         shutdown_timeout_s: float = 5.0,
     ) -> None:
         self._rooms = rooms
@@ -219,6 +226,7 @@ class DocumentRelay:
         self._pending_max = pending_max
         self._check_interval_s = check_interval_s
         self._retry_max_s = retry_max_s
+        self._coalesce_max = coalesce_max
         self._shutdown_timeout_s = shutdown_timeout_s
         self._channels: dict[str, _DocChannel] = {}
         self._outbound: deque[_Outbound] = deque()
@@ -369,7 +377,8 @@ class DocumentRelay:
         if carries_state and self._outbound_bytes + len(data) > self._backlog_max_bytes:
             self._overflow(canvas_id)
             return
-        self._outbound.append(_Outbound(canvas_id, data))
+        update = payload if kind is EnvelopeKind.UPDATE else None
+        self._outbound.append(_Outbound(canvas_id, data, update))
         self._outbound_bytes += len(data)
         self._publish_wakeup.set()
 
@@ -406,10 +415,15 @@ class DocumentRelay:
                 self._publish_wakeup.clear()
                 await self._publish_wakeup.wait()
                 continue
-            item = self._outbound[0]
+            batch = self._next_batch()
+            item = batch[0]
             name = doc_channel(item.canvas_id)
+            payload = item.payload
+            if len(batch) > 1:  # a backlog: one envelope for consecutive updates of one canvas
+                merged = merge_updates(*(queued.update for queued in batch if queued.update is not None))
+                payload = encode_envelope(DocEnvelope(EnvelopeKind.UPDATE, self.node_id, merged))
             try:
-                await self._call(self._broker.publish(name, item.payload, publisher=self.node_id))
+                await self._call(self._broker.publish(name, payload, publisher=self.node_id))
             except Exception:
                 self.stats.publish_failures += 1
                 if self._closing:
@@ -419,11 +433,29 @@ class DocumentRelay:
                 continue
             backoff = 0.05
             self.stats.published += 1
-            if self._outbound and self._outbound[0] is item:  # not dropped by an overflow meanwhile
-                self._outbound.popleft()
-                self._outbound_bytes -= len(item.payload)
+            self.stats.coalesced += len(batch) - 1
+            for queued in batch:
+                if self._outbound and self._outbound[0] is queued:  # not dropped by an overflow meanwhile
+                    self._outbound.popleft()
+                    self._outbound_bytes -= len(queued.payload)
             if item.payload[1] == EnvelopeKind.RESYNC:
                 self._resync.discard(item.canvas_id)  # from now on its updates are queued again
+
+    def _next_batch(self) -> list[_Outbound]:
+        """The head of the queue, with the UPDATEs of the same canvas that directly follow it."""
+        first = self._outbound[0]
+        batch = [first]
+        if first.update is None:
+            return batch
+        size = len(first.update)
+        for queued in itertools.islice(self._outbound, 1, self._coalesce_max):
+            if queued.canvas_id != first.canvas_id or queued.update is None:
+                break
+            size += len(queued.update)
+            if size > _COALESCE_MAX_BYTES:
+                break
+            batch.append(queued)
+        return batch
 
     async def _call(self, awaitable: Awaitable[T], *, proves_up: bool = True) -> T:
         """Await one broker call under the timeout, keeping ``broker_up`` current.

@@ -234,6 +234,7 @@ RELAY_ARGS = {
     "store_timeout_s": 1.0,
     "check_interval_s": 0.05,
     "retry_max_s": 0.05,
+    "coalesce_max": 1,  # one publication per update, so that tests can drop a given one
     "shutdown_timeout_s": 1.0,
 }
 
@@ -295,7 +296,8 @@ async def stored_keys(store: InMemoryDocumentStore, canvas_id: str = CANVAS) -> 
 
 
 def received_keys(peer: Peer) -> list[str]:
-    """Keys in the order ``peer`` received the updates that added them."""
+    """Keys in the order ``peer`` received the updates that added them (keys that arrived in one
+    frame, a coalesced update, in the order of their numeric suffix)."""
     scratch, seen, order = Doc(), set(), []
     for frame in peer.sink.frames:  # type: ignore[attr-defined]
         payload = frame.payload
@@ -303,10 +305,9 @@ def received_keys(peer: Peer) -> list[str]:
             continue
         message = protocol.parse_client_frame(payload, max_frame_bytes=1 << 24, max_sync_frame_bytes=1 << 24)
         scratch.apply_update(message.update)  # type: ignore[union-attr]
-        for key in scratch.get("elements", type=Map).keys():
-            if key not in seen:
-                seen.add(key)
-                order.append(key)
+        new = [key for key in scratch.get("elements", type=Map).keys() if key not in seen]
+        seen.update(new)
+        order += sorted(new, key=lambda key: int("0" + "".join(c for c in key if c.isdigit())))
     return order
 
 

@@ -278,6 +278,23 @@ async def test_a_node_cut_off_from_the_broker_serves_locally_and_catches_up() ->
         assert await stored_keys(n1.store.store) == n1.keys()
 
 
+async def test_a_backlog_drains_as_coalesced_updates_in_order() -> None:
+    async with cluster(coalesce_max=8) as (n1, n2), n1.joined(), n2.joined():
+        await joined_up(n1, n2)
+        n2.peer().sink.frames.clear()  # type: ignore[attr-defined]
+        n1.broker.down = True
+        for i in range(30):
+            n1.edit(f"a{i}")
+        await eventually(lambda: not n1.relay.broker_up)
+        n1.broker.down = False
+        await eventually(lambda: len(n2.keys()) == 30)
+        assert n1.relay.stats.coalesced >= 20
+        assert received_keys(n2.peer()) == [f"a{i}" for i in range(30)]
+        assert len(n2.peer().sink.frames) <= 5  # type: ignore[attr-defined]
+        await settle(n1, n2)
+        assert stored_rows(n1.store.store) == {"n1": 30}
+
+
 async def test_backlog_over_its_bound_becomes_one_resync() -> None:
     async with cluster(backlog_max_bytes=600) as (n1, n2), n1.joined(), n2.joined():
         await joined_up(n1, n2)
@@ -344,7 +361,7 @@ async def test_random_edits_and_faults_converge(
 ) -> None:
     bus = Bus(history_max=history_max, async_delivery=not sync_delivery)
     store = InMemoryDocumentStore()
-    async with cluster(bus=bus, store=store, backlog_max_bytes=2000) as nodes:
+    async with cluster(bus=bus, store=store, backlog_max_bytes=2000, coalesce_max=4) as nodes:
         n1, n2 = nodes
         accepted = Counter[str]()  # updates each node accepted from its clients (PEER changes)
         for node in nodes:
