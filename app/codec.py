@@ -349,7 +349,7 @@ class Delivery:
 
     __slots__ = ("_compact", "_json", "_msgpack", "channel", "offset", "payload", "publisher")
 
-    def __init__(self, channel: str, offset: int, payload: bytes, publisher: str | None) -> None:
+    def __init__(self, channel: str, offset: int | None, payload: bytes, publisher: str | None) -> None:
         self.channel = channel
         self.offset = offset
         self.payload = payload
@@ -362,7 +362,11 @@ class Delivery:
         """The frame for a connection of format ``fmt`` (compact for cursor_moved when asked)."""
         if fmt is Format.JSON:
             if self._json is None:
-                head = b'{"channel":' + json.dumps(self.channel).encode() + b',"offset":%d,' % self.offset
+                head = (
+                    b'{"channel":'
+                    + json.dumps(self.channel).encode()
+                    + (b',"offset":%d,' % self.offset if self.offset is not None else b',"offset":null,')
+                )
                 self._json = OutFrame(head + self.payload[1:], text=True)
             return self._json
         if compact_cursors:

@@ -49,8 +49,16 @@ class Settings(BaseSettings):
     pre_restore_snapshot_keep: int = Field(default=20, ge=1)
     request_timeout_s: float = Field(default=10.0, gt=0)  # longest wait of a REST call on storage/rooms
 
-    # broker: multi-node operation through Redis is not built yet; setting this refuses to start
+    # scale-out (README "Scaling out"): unset, one node with in-process broker, presence and limits;
+    # set, every node sharing this Redis serves the same channels, presence, sessions and limits
     redis_url: str | None = None
+    redis_prefix: str = Field(default="maily", pattern=r"^[A-Za-z0-9_.-]{1,32}$")  # of every key
+    redis_timeout_s: float = Field(default=1.0, gt=0)  # longest wait for one Redis command or connect
+    redis_probe_interval_s: float = Field(default=1.0, gt=0)  # Redis and reader liveness probes
+    redis_probe_deadline_s: float = Field(default=3.0, gt=0)  # unseen probe: the reader is rebuilt
+    presence_lease_s: float = Field(default=10.0, gt=0)  # a dead node's participants vanish after it
+    rate_limit_sync_s: float = Field(default=0.1, gt=0)  # how often a node settles rate tokens in Redis
+    publish_backlog_max: int = Field(default=10_000, ge=0)  # announcements kept while the broker is down
 
     # rooms and limits
     unload_grace_s: float = 5.0

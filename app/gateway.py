@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from crdt.broker import Broker, HistoryUnavailable, Publication, StreamPosition, is_ephemeral
+from crdt.broker import (
+    Broker,
+    BrokerUnavailable,
+    HistoryUnavailable,
+    Publication,
+    StreamPosition,
+    is_ephemeral,
+)
 from crdt.persist import UpdateLog
 from crdt.room import RoomManager
 
@@ -22,13 +29,12 @@ from .assistant import Assistant, UnavailableAssistant
 from .auth import Authenticator
 from .bridge import SERVER_SESSION, Bridge
 from .channels import Channel, authorize_subscribe, parse_channel
+from .cluster import Cluster
 from .codec import server_message
 from .config import Settings
 from .errors import SessionTakenOver, SubscriptionFailed
 from .hub import Hub, Publisher, Subscription, to_delivery
-from .limits import LocalConnectionLimiter, LocalRateLimiter
-from .presence import LocalPresence
-from .session import LocalSessionRegistry, Seat, Session, SessionState, new_trace_id
+from .session import Seat, Session, SessionState, new_trace_id
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +55,7 @@ class Gateway:
         auth: verifies refreshed tokens.
         rooms: the node's rooms (the bridge observes them).
         update_log: for durable acks.
-        broker: channel streams.
+        cluster: what this node shares with the others (broker, presence, sessions, limits).
         assistant: where ``ai_request`` goes (default: none, so AI is reported unavailable).
     """
 
@@ -59,7 +65,7 @@ class Gateway:
         auth: Authenticator,
         rooms: RoomManager,
         update_log: UpdateLog,
-        broker: Broker,
+        cluster: Cluster,
         *,
         assistant: Assistant | None = None,
     ) -> None:
@@ -67,28 +73,33 @@ class Gateway:
         self.auth = auth
         self.rooms = rooms
         self.update_log = update_log
-        self.broker = broker
-        self.hub = Hub(broker)
-        self.publisher = Publisher(broker)
-        self.presence = LocalPresence(settings.presence_idle_after_s)
+        self.broker: Broker = cluster.broker
+        self._lost: asyncio.Queue[Subscription] = asyncio.Queue()
+        self.hub = Hub(self.broker, on_lost=self._lost.put_nowait)
+        self.publisher = Publisher(self.broker, self.hub, backlog_max=settings.publish_backlog_max)
+        self.presence = cluster.presence
         self.bridge = Bridge(rooms, self.publisher, self.presence, lock_ttl_s=settings.lock_ttl_s)
-        self.sessions = LocalSessionRegistry(settings.session_ttl_s)
-        self.rate = LocalRateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
-        self.connections = LocalConnectionLimiter(settings.max_connections_per_user)
+        self.sessions = cluster.sessions
+        self.rate = cluster.rate
+        self.connections = cluster.connections
+        self.live: dict[str, Session] = {}  # this node's connected sessions, by id
         self.assistant: Assistant = assistant or UnavailableAssistant()
         self._sweeper: asyncio.Task[None] | None = None
+        self._repairer: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Gateway:
         await self.publisher.__aenter__()
         self._sweeper = asyncio.create_task(self._sweep_idle(), name="presence-sweeper")
+        self._repairer = asyncio.create_task(self._drop_lost(), name="lost-subscriptions")
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
+        tasks = [task for task in (self._sweeper, self._repairer) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.publisher.__aexit__(exc_type, exc, tb)
 
     async def publish(
@@ -108,7 +119,7 @@ class Gateway:
         parse_channel(channel)
         sender = publisher or SERVER_SESSION
         message = server_message(kind, sender, data, trace_id or new_trace_id())
-        return await self.publisher.submit(channel, message, sender)
+        return await self.publisher.submit(channel, message, sender, retry=False)
 
     async def publish_message(self, channel: str, message: dict[str, Any]) -> int:
         """Publish ``{"type", "data"}`` on ``channel`` as the server; returns its offset (``Publish``)."""
@@ -119,7 +130,7 @@ class Gateway:
 
     def attach(self, session: Session) -> None:
         """Register a freshly accepted session as live."""
-        self.sessions.live[session.session_id] = session
+        self.live[session.session_id] = session
 
     async def detach(self, session: Session) -> None:
         """The connection ended: leave every channel and canvas, and park the session for resumption."""
@@ -131,8 +142,8 @@ class Gateway:
             for canvas_id in list(session.seats):
                 await self._unseat(session, canvas_id, None)
         finally:  # whatever failed above, the session is no longer live and can be resumed
-            if self.sessions.live.get(session.session_id) is session:
-                del self.sessions.live[session.session_id]
+            if self.live.get(session.session_id) is session:
+                del self.live[session.session_id]
             try:
                 await self.sessions.park(state)
             finally:
@@ -143,7 +154,7 @@ class Gateway:
 
         On success ``session`` adopts the old session id; the caller restores the channels.
         """
-        live = self.sessions.live.get(session_id)
+        live = self.live.get(session_id)
         if live is not None and live is not session and live.user_id == session.user_id:
             live.fail(SessionTakenOver("another connection resumed this session"))
             try:
@@ -154,10 +165,10 @@ class Gateway:
         state = await self.sessions.take(session_id, session.user_id)
         if state is None:
             return None
-        if self.sessions.live.get(session.session_id) is session:
-            del self.sessions.live[session.session_id]
+        if self.live.get(session.session_id) is session:
+            del self.live[session.session_id]
         session.session_id = session_id
-        self.sessions.live[session_id] = session
+        self.live[session_id] = session
         return state
 
     # -- channels ------------------------------------------------------------------------------
@@ -212,6 +223,9 @@ class Gateway:
                 subscription.start_at(StreamPosition(first, position.epoch))
             else:
                 subscription.start_at(position)
+        except BrokerUnavailable as exc:
+            await self._drop(session, subscription)
+            raise SubscriptionFailed(f"cannot subscribe to {name} now (broker unavailable); retry") from exc
         except BaseException:
             await self._drop(session, subscription)
             raise
@@ -258,6 +272,7 @@ class Gateway:
             seat.channels.add(channel)
             return seat
         presence = self.presence
+        await presence.refresh(canvas_id)  # other nodes' participants, for the limit, count and events
         limit = self.settings.max_users_per_canvas
         if not presence.is_present(canvas_id, session.user_id) and presence.count(canvas_id) >= limit:
             raise SubscriptionFailed(f"canvas {canvas_id} already has {limit} users")
@@ -283,6 +298,32 @@ class Gateway:
         del session.seats[canvas_id]
         self.bridge.leave(seat.room, session.user_id, session.session_id)
         await seat.stack.aclose()
+
+    async def _drop_lost(self) -> None:
+        """Drop subscriptions whose channel the broker reset, and tell their clients (PROTOCOL.md 2.3).
+
+        The client reloads the state and subscribes again, as after a failed replay.
+        """
+        while True:
+            subscription = await self._lost.get()
+            session = subscription.receiver
+            if (
+                not isinstance(session, Session)
+                or session.subscriptions.get(subscription.channel) is not subscription
+            ):
+                continue
+            try:
+                await self._drop(session, subscription)
+            except Exception:
+                log.exception("dropping a lost subscription failed", extra={"channel": subscription.channel})
+            error = SubscriptionFailed(
+                f"publications of {subscription.channel} were lost (broker history reset): "
+                "reload the state and subscribe again"
+            )
+            session.send_error(error, channel=subscription.channel)
+            log.warning(
+                "subscription lost", extra={"session_id": session.session_id, "channel": subscription.channel}
+            )
 
     async def _sweep_idle(self) -> None:
         interval = min(self.settings.presence_idle_after_s / 4, 5.0)

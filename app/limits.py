@@ -1,7 +1,7 @@
 """Per-user limits of the JSON protocol: message rate (token bucket) and open connections.
 
-Node-local implementations behind small interfaces, so that a cluster-wide (Redis) version can
-replace them without touching the gateway. No sockets here.
+Node-local implementations behind small interfaces; the cluster-wide (Redis) ones are in
+``app/cluster_redis.py``. No sockets here.
 """
 
 from __future__ import annotations
@@ -72,6 +72,13 @@ class LocalRateLimiter:
             return False
         bucket.tokens -= 1.0
         return True
+
+    def cap(self, user_id: str, tokens: float) -> None:
+        """Lower ``user_id``'s bucket to at most ``tokens`` (what a shared bucket says is left)."""
+        bucket = self._buckets.get(user_id)
+        if bucket is None:
+            bucket = self._buckets[user_id] = _Bucket(self._burst, self._clock())
+        bucket.tokens = min(bucket.tokens, tokens)
 
     def forget(self, user_id: str) -> None:
         """See ``RateLimiter.forget``: only a full bucket is dropped, so reconnecting refills nothing.

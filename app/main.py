@@ -9,7 +9,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
-from crdt.broker_memory import InMemoryBroker
 from crdt.persist import UpdateLog
 from crdt.room import RoomManager
 from storage.db import make_engine, make_sessionmaker
@@ -19,6 +18,8 @@ from storage.migrate import upgrade
 from . import json_ws, ws
 from .auth import Authenticator
 from .canvases import AutoSnapshotter, CanvasService
+from .cluster import local_cluster
+from .cluster_redis import redis_cluster
 from .config import Settings
 from .errors import install_error_handlers
 from .gateway import Gateway
@@ -34,11 +35,6 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI app of one node. ``settings`` defaults to the environment (``MAILY_*``)."""
     settings = settings or Settings()
-    if settings.redis_url:
-        # refuse rather than run as an isolated node that silently diverges from its peers
-        raise ValueError(
-            "MAILY_REDIS_URL is set, but multi-node operation through Redis is not available yet"
-        )
     install_redaction()
     auth = Authenticator(settings)
 
@@ -49,6 +45,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await asyncio.to_thread(upgrade, settings.database_url)
             engine = make_engine(settings.database_url)
             stack.push_async_callback(engine.dispose)
+            # the one place that knows which kind of cluster this node is part of
+            if settings.redis_url:
+                cluster = await stack.enter_async_context(redis_cluster(settings))
+            else:
+                cluster = local_cluster(settings)
+            broker = cluster.broker
             store = SqlDocumentStore(make_sessionmaker(engine))
             update_log = await stack.enter_async_context(
                 UpdateLog(
@@ -69,10 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     max_peers_per_room=settings.max_peers_per_room,
                 )
             )
-            broker = InMemoryBroker(
-                history_ttl_s=settings.history_ttl_s, history_max=settings.history_max_per_channel
-            )
-            gateway = await stack.enter_async_context(Gateway(settings, auth, rooms, update_log, broker))
+            gateway = await stack.enter_async_context(Gateway(settings, auth, rooms, update_log, cluster))
             canvas_service = CanvasService(
                 store,
                 rooms,
@@ -101,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 notifier,
                 broker=broker,
                 gateway=gateway,
+                cluster=cluster,
             )
             app.state.node = node  # for code outside a request (tests, the CLI)
             log.info("node started", extra={"node_id": settings.node_id})

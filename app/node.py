@@ -16,6 +16,7 @@ from storage.documents import SqlDocumentStore
 
 from .auth import Authenticator
 from .canvases import AutoSnapshotter, CanvasService
+from .cluster import Cluster
 from .config import Settings
 from .gateway import Gateway
 from .notify import Notifier
@@ -31,6 +32,7 @@ class Node:
     rooms: RoomManager
     broker: Broker = field(kw_only=True)  # channel streams (PROTOCOL.md 2.3)
     gateway: Gateway = field(kw_only=True)  # the JSON channel protocol; ``publish`` for server messages
+    cluster: Cluster | None = field(default=None, kw_only=True)  # what is shared with other nodes
     canvases: CanvasService
     auto_snapshots: AutoSnapshotter
     notifier: Notifier

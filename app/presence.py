@@ -1,7 +1,7 @@
 """Who is on a canvas: JSON sessions and Yjs peers together, by user, with idle/active state.
 
-Node-local behind the ``Presence`` interface (a cluster-wide one can replace it). Pure bookkeeping:
-it returns the events to announce and never publishes anything itself.
+Node-local here behind the ``Presence`` interface (``app/cluster_redis.py`` has the cluster-wide one).
+Pure bookkeeping: it returns the events to announce and never publishes anything itself.
 """
 
 from __future__ import annotations
@@ -49,6 +49,10 @@ class Presence(Protocol):
         ...
 
     def is_present(self, canvas_id: str, user_id: str) -> bool: ...
+
+    async def refresh(self, canvas_id: str) -> None:
+        """Bring what this node knows of ``canvas_id``'s participants up to date (before a join)."""
+        ...
 
     def state(self, canvas_id: str, user_id: str) -> Literal["active", "idle"]: ...
 
@@ -129,6 +133,9 @@ class LocalPresence:
 
     def is_present(self, canvas_id: str, user_id: str) -> bool:
         return user_id in self._canvases.get(canvas_id, {})
+
+    async def refresh(self, canvas_id: str) -> None:
+        """See ``Presence.refresh``: this node knows everything already."""
 
     def state(self, canvas_id: str, user_id: str) -> Literal["active", "idle"]:
         participant = self._canvases.get(canvas_id, {}).get(user_id)

@@ -49,7 +49,7 @@ class SessionState:
 
 
 class SessionRegistry(Protocol):
-    """Detached sessions waiting to be resumed, and the live ones (so a resume can take one over)."""
+    """Detached sessions waiting to be resumed (``app/cluster_redis.py`` has the cluster-wide one)."""
 
     async def park(self, state: SessionState) -> None:
         """Keep ``state`` resumable for the registry's TTL."""
@@ -61,7 +61,7 @@ class SessionRegistry(Protocol):
 
 
 class LocalSessionRegistry:
-    """Parked sessions in process memory, plus this node's live sessions.
+    """Parked sessions in process memory.
 
     Args:
         ttl_s: how long a detached session stays resumable.
@@ -72,7 +72,6 @@ class LocalSessionRegistry:
         self._ttl_s = ttl_s
         self._clock = clock
         self._parked: dict[str, SessionState] = {}
-        self.live: dict[str, Session] = {}
 
     async def park(self, state: SessionState) -> None:
         """See ``SessionRegistry.park``."""

@@ -28,6 +28,8 @@ async def readyz(node: NodeDep) -> JSONResponse:
     except Exception as exc:
         checks["database"] = f"unavailable: {type(exc).__name__}"
     checks["update_log"] = "ok" if node.update_log.healthy else "retrying"
+    if node.cluster is not None:
+        checks.update(await node.cluster.checks())
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503

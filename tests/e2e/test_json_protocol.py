@@ -368,7 +368,7 @@ async def test_connections_close_cleanly_when_the_client_leaves(server) -> None:
             await client.subscribe("canvas:c1")
     await asyncio.sleep(0.2)
     assert server.node.gateway.presence.count("c1") == 0
-    assert not server.node.gateway.sessions.live
+    assert not server.node.gateway.live
 
 
 async def test_a_closed_canvas_drops_its_subscriptions(server) -> None:

@@ -31,7 +31,7 @@ class SlowBroker(InMemoryBroker):
         super().__init__()
         self.fail_subscribe = False
 
-    async def subscribe(self, channel, handler):  # type: ignore[no-untyped-def]
+    async def subscribe(self, channel, handler, *, on_reset=None):  # type: ignore[no-untyped-def]
         await asyncio.sleep(0.1)
         if self.fail_subscribe:
             raise BrokerUnavailable("broker down")
