@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 _NETWORK_ERRORS = (RedisError, OSError, TimeoutError)
 _BACKOFF_S = 1.0
+_ACTIVE_S = 5.0  # a user's rate is settled in Redis until this long after its last message
 T = TypeVar("T")
 
 
@@ -248,7 +249,7 @@ class RedisConnectionLimiter:
             return
         async with self._redis.client.pipeline(transaction=False) as pipe:
             for user_id, count in self._counts.items():
-                self._lease(
+                await self._lease(
                     keys=[connections_key(self._prefix, user_id)],
                     args=[self._node_id, count, self._lease_ms],
                     client=pipe,
@@ -292,11 +293,13 @@ class RedisRateLimiter:
         self._burst = burst
         self._local = LocalRateLimiter(rate_per_s, burst)
         self._spent: dict[str, int] = {}
+        self._active: dict[str, float] = {}  # user -> when it last spent (its bucket is kept in step)
         self._settle = redis.client.register_script(_SETTLE)
 
     def allow(self, user_id: str) -> bool:
         """See ``RateLimiter.allow``."""
         if not self._local.allow(user_id):
+            self._active[user_id] = time.monotonic()
             return False
         self._spent[user_id] = self._spent.get(user_id, 0) + 1
         return True
@@ -305,19 +308,25 @@ class RedisRateLimiter:
         """See ``RateLimiter.forget``."""
         if user_id not in self._spent:
             self._local.forget(user_id)
+            self._active.pop(user_id, None)
 
     async def sync(self) -> None:
         """Settle the tokens spent since the last call in the shared buckets (called every ``sync_s``)."""
-        if not self._spent:
+        now = time.monotonic()
+        for user_id in self._spent:
+            self._active[user_id] = now
+        for user_id in [u for u, t in self._active.items() if now - t > _ACTIVE_S]:
+            del self._active[user_id]
+        if not self._active:
             return
         spent, self._spent = self._spent, {}
-        users = list(spent)
+        users = list(self._active)  # also users who spent nothing: their local refill is capped too
         try:
             async with self._redis.client.pipeline(transaction=False) as pipe:
                 for user_id in users:
-                    self._settle(
+                    await self._settle(
                         keys=[rate_key(self._prefix, user_id)],
-                        args=[spent[user_id], self._rate, self._burst],
+                        args=[spent.get(user_id, 0), self._rate, self._burst],
                         client=pipe,
                     )
                 left = await self._redis(pipe.execute())
@@ -354,6 +363,7 @@ class RedisPresence(LocalPresence):
         self._remote: dict[str, dict[str, str]] = {}  # canvas -> other nodes' users -> name
         self._written: dict[str, set[str]] = {}  # canvas -> members this node has in Redis
         self._dirty: set[str] = set()
+        self._refreshing: set[str] = set()  # canvases being read before a join: keep their others
         self.changed = asyncio.Event()
 
     def join(self, canvas_id: str, user_id: str, user_name: str, connection: str) -> PresenceEvent | None:
@@ -383,10 +393,13 @@ class RedisPresence(LocalPresence):
 
     async def refresh(self, canvas_id: str) -> None:
         """Write this node's participants of ``canvas_id`` and read the others' (one round trip)."""
+        self._refreshing.add(canvas_id)
         try:
             await self._sync([canvas_id])
         except RedisUnavailable:
             pass
+        finally:
+            self._refreshing.discard(canvas_id)
 
     async def renew(self) -> None:
         """Sync every canvas this node has participants on, or changed since the last call."""
@@ -429,7 +442,7 @@ class RedisPresence(LocalPresence):
                 parsed = parse_presence_member(raw.decode())
                 if parsed is not None and parsed[1] != self._node_id:
                     others[parsed[0]] = parsed[2]
-            if others and canvas_id in self._canvases:
+            if others and (canvas_id in self._canvases or canvas_id in self._refreshing):
                 self._remote[canvas_id] = others
             else:
                 self._remote.pop(canvas_id, None)

@@ -284,6 +284,7 @@ class Gateway:
             raise
         seat = session.seats[canvas_id] = Seat(canvas_id, room, stack, {channel})
         self.bridge.join(canvas_id, session.user_id, session.principal.name, session.session_id)
+        await presence.refresh(canvas_id)  # and make this participant known to the other nodes now
         return seat
 
     async def _unseat(self, session: Session, canvas_id: str, channel: str | None) -> None:

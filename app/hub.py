@@ -297,6 +297,9 @@ class Publisher:
         """
         future: asyncio.Future[Publication] = asyncio.get_running_loop().create_future()
         item = _Item(channel, dump_json(message), publisher, future, retry)
+        if not retry and self._degraded:
+            _fail(future, BrokerUnavailable("the broker is unavailable"))
+            return future
         if retry and self._degraded:
             self._send_locally(item)
             if len(self._queue) >= self._backlog_max:
@@ -342,9 +345,12 @@ class Publisher:
                     self._queue.popleft()
                     _fail(item.future, exc)
                     continue
-                for waiting in self._queue:
+                for waiting in list(self._queue):
                     if waiting.retry:
                         self._send_locally(waiting)
+                    else:  # nobody waits behind the outage for a publish that is not retried
+                        self._queue.remove(waiting)
+                        _fail(waiting.future, exc)
                 if self._closing:
                     log.error(
                         "broker unavailable at shutdown: announcements dropped",

@@ -256,6 +256,9 @@ class PublishRequest(ApiModel):
 class Published(ApiModel):
     channel: str
     offset: int = Field(description="the publication's offset in the channel")
+    epoch: str = Field(
+        description="the channel's epoch: the offset is meaningful within it (PROTOCOL.md 2.3)"
+    )
 
 
 # -- conversions ----------------------------------------------------------------------------------------

@@ -33,8 +33,9 @@ async def publish(channel: ChannelName, body: PublishRequest, node: NodeDep, _: 
     """Publish `{type, data}` as the server on `channel` (PROTOCOL.md section 3).
 
     For other services: authenticated by the `X-API-Key` header (`MAILY_API_KEY`). Subscribers receive
-    it like any publication, with `channel` and `offset`, `sessionId` `server`; it is kept in the
-    channel's history (except on `:cursor` channels). `data` may be at most the JSON protocol's message
+    it like any publication, with `channel` and `offset`, `sessionId` `server`, on every node; it is
+    kept in the channel's history (except on `:cursor` channels). 503 when the broker (Redis) is down:
+    then nothing was published. `data` may be at most the JSON protocol's message
     size limit (`MAILY_MAX_MESSAGE_BYTES`).
     """
     size = len(dump_json(body.data))
@@ -43,4 +44,4 @@ async def publish(channel: ChannelName, body: PublishRequest, node: NodeDep, _: 
         message = f"expected at most {limit} bytes of JSON, got {size}"
         raise RequestValidationError([{"loc": ("body", "data"), "msg": message, "type": "too_long"}])
     publication = await node.gateway.publish(channel, body.type, body.data)
-    return Published(channel=channel, offset=publication.offset)
+    return Published(channel=channel, offset=publication.offset, epoch=publication.epoch)
