@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README "Quick start"): installs what the tests need, checks the services, runs pytest.
-# Needs PostgreSQL on 127.0.0.1:5432 (trust auth, database `test`; override with MAILY_TEST_PG_URL)
-# and Node.js 20+ with npm. Missing services are installed/started when we can (root + apt), otherwise
-# the script stops with a clear message: it never lets the suite skip them silently.
+# Needs PostgreSQL on 127.0.0.1:5432 (trust auth, database `test`; override with MAILY_TEST_PG_URL),
+# redis-server (tests start their own) and Node.js 20+ with npm. Missing services are installed/started
+# when we can (root + apt), otherwise the script stops with a clear message: it never lets the suite skip them silently.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +27,12 @@ if [ -z "${MAILY_TEST_PG_URL:-}" ] && ! port_open 5432; then
     su postgres -c "psql -tc \"SELECT 1 FROM pg_database WHERE datname='test'\" | grep -q 1 || createdb test" || true
   fi
   port_open 5432 || die "PostgreSQL is not reachable on 127.0.0.1:5432 and could not be started: install it, or set MAILY_TEST_PG_URL"
+fi
+
+# redis-server: the multi-node tests start private ones on free ports (never the one on 6379).
+if ! command -v redis-server >/dev/null; then
+  if can_apt; then apt_install redis-server; fi
+  command -v redis-server >/dev/null || die "redis-server is needed for the multi-node tests (apt-get install redis-server)"
 fi
 
 # Node.js runs the npm y-websocket client and the seed's TypeScript client in the interop tests.
