@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     presence_lease_s: float = Field(default=10.0, gt=0)  # a dead node's participants vanish after it
     rate_limit_sync_s: float = Field(default=0.1, gt=0)  # how often a node settles rate tokens in Redis
     publish_backlog_max: int = Field(default=10_000, ge=0)  # announcements kept while the broker is down
+    # document updates kept for other nodes while the broker is down; past it a canvas is resynced
+    relay_backlog_max_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
 
     # rooms and limits
     unload_grace_s: float = 5.0

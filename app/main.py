@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 
 from crdt.persist import UpdateLog
+from crdt.relay import DocumentRelay
 from crdt.room import RoomManager
 from storage.db import make_engine, make_sessionmaker
 from storage.documents import SqlDocumentStore
@@ -71,6 +72,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     max_peers_per_room=settings.max_peers_per_room,
                 )
             )
+            relay = None
+            if settings.redis_url:  # other nodes may hold the same canvases: relay their updates
+                relay = await stack.enter_async_context(
+                    DocumentRelay(
+                        rooms,
+                        broker,
+                        store,
+                        broker_timeout_s=2 * settings.redis_timeout_s,
+                        store_timeout_s=settings.load_timeout_s,
+                        backlog_max_bytes=settings.relay_backlog_max_bytes,
+                    )
+                )
             gateway = await stack.enter_async_context(Gateway(settings, auth, rooms, update_log, cluster))
             canvas_service = CanvasService(
                 store,
@@ -101,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 broker=broker,
                 gateway=gateway,
                 cluster=cluster,
+                relay=relay,
             )
             app.state.node = node  # for code outside a request (tests, the CLI)
             log.info("node started", extra={"node_id": settings.node_id})

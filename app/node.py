@@ -11,6 +11,7 @@ from starlette.requests import HTTPConnection
 
 from crdt.broker import Broker
 from crdt.persist import UpdateLog
+from crdt.relay import DocumentRelay
 from crdt.room import RoomManager
 from storage.documents import SqlDocumentStore
 
@@ -33,6 +34,7 @@ class Node:
     broker: Broker = field(kw_only=True)  # channel streams (PROTOCOL.md 2.3)
     gateway: Gateway = field(kw_only=True)  # the JSON channel protocol; ``publish`` for server messages
     cluster: Cluster | None = field(default=None, kw_only=True)  # what is shared with other nodes
+    relay: DocumentRelay | None = field(default=None, kw_only=True)  # document updates to/from other nodes
     canvases: CanvasService
     auto_snapshots: AutoSnapshotter
     notifier: Notifier
