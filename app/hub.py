@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
-from crdt.broker import Broker, BrokerUnavailable, Publication, StreamPosition
+from crdt.broker import Broker, BrokerUnavailable, Publication, StreamPosition, is_ephemeral
 
 from .codec import Delivery, dump_json
 
@@ -215,6 +215,10 @@ class Hub:
 
     def _on_reset(self, channel: str, position: StreamPosition) -> None:
         local = self._channels.get(channel) or {}
+        if is_ephemeral(channel):  # cursors promise no continuity: carry on from the new position
+            for subscription in list(local.values()):
+                subscription.start_at(position)
+            return
         log.warning("channel reset by the broker", extra={"channel": channel, "subscriptions": len(local)})
         for subscription in list(local.values()):
             subscription.lost = True
