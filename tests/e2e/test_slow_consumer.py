@@ -59,7 +59,7 @@ async def test_slow_client_is_evicted_and_others_keep_receiving(server_factory, 
                 stalled.close()
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:The `websockets` implementation is deprecated")
 async def test_asgi_fallback_sink_serves_and_evicts(server_factory, sqlite_url) -> None:
     """Under a uvicorn WebSocket implementation we cannot reach into, frames go through ASGI sends."""
     server = await server_factory(database_url=sqlite_url, ws="websockets", peer_queue_max=16)
