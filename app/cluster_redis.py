@@ -71,10 +71,10 @@ class _Redis:
                 awaitable.close()
             raise RedisUnavailable("redis is unavailable")
         try:
-            if self._stale:
-                self._stale = False
-                await self.client.connection_pool.disconnect()
             async with asyncio.timeout(self._timeout_s):
+                if self._stale:  # after an outage: no pooled connection to the old server is reused
+                    self._stale = False
+                    await self.client.connection_pool.disconnect()
                 return await awaitable
         except _NETWORK_ERRORS as exc:
             self._down_until = time.monotonic() + _BACKOFF_S
