@@ -24,6 +24,7 @@ from crdt.broker import StreamPosition
 from crdt.broker_redis import RedisBroker
 from crdt.keys import (
     connections_key,
+    live_session_key,
     parse_presence_member,
     presence_key,
     presence_member,
@@ -146,6 +147,34 @@ class RedisSessionRegistry:
             for name, (offset, epoch) in data["channels"].items()
         }
         return SessionState(session_id, user_id, channels, float(data["detached_at"]))
+
+    async def mark_live(self, session_id: str, user_id: str, node_id: str) -> None:
+        """See ``SessionRegistry.mark_live`` (kept a day at most, in case the node dies)."""
+        raw = json.dumps({"user": user_id, "node": node_id})
+        try:
+            await self._redis(
+                self._redis.client.set(live_session_key(self._prefix, session_id), raw, ex=86400)
+            )
+        except RedisUnavailable:
+            pass  # a resume on another node cannot take this session over; it can once it is parked
+
+    async def mark_gone(self, session_id: str) -> None:
+        """See ``SessionRegistry.mark_gone``."""
+        try:
+            await self._redis(self._redis.client.delete(live_session_key(self._prefix, session_id)))
+        except RedisUnavailable:
+            pass
+
+    async def live_owner(self, session_id: str, user_id: str) -> str | None:
+        """See ``SessionRegistry.live_owner``."""
+        try:
+            raw = await self._redis(self._redis.client.get(live_session_key(self._prefix, session_id)))
+        except RedisUnavailable:
+            return None
+        if not raw:
+            return None
+        data = json.loads(raw)
+        return str(data["node"]) if data.get("user") == user_id else None
 
 
 # -- connection limit ---------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ detach on a ``Session``. The WebSocket adapter is ``app/json_ws.py``; message pa
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from crdt.broker import (
     StreamPosition,
     is_ephemeral,
 )
+from crdt.keys import control_channel
 from crdt.persist import UpdateLog
 from crdt.room import RoomManager
 
@@ -37,6 +39,8 @@ from .hub import Hub, Publisher, Subscription, to_delivery
 from .session import Seat, Session, SessionState, new_trace_id
 
 log = logging.getLogger(__name__)
+
+_TAKEOVER_WAIT_S = 5.0  # how long a resume waits for another node to park the session it asked for
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,17 +90,19 @@ class Gateway:
         self.assistant: Assistant = assistant or UnavailableAssistant()
         self._sweeper: asyncio.Task[None] | None = None
         self._repairer: asyncio.Task[None] | None = None
+        self._control: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Gateway:
         await self.publisher.__aenter__()
         self._sweeper = asyncio.create_task(self._sweep_idle(), name="presence-sweeper")
         self._repairer = asyncio.create_task(self._drop_lost(), name="lost-subscriptions")
+        self._control = asyncio.create_task(self._listen_control(), name="control-channel")
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        tasks = [task for task in (self._sweeper, self._repairer) if task is not None]
+        tasks = [task for task in (self._sweeper, self._repairer, self._control) if task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -128,9 +134,10 @@ class Gateway:
 
     # -- sessions ------------------------------------------------------------------------------
 
-    def attach(self, session: Session) -> None:
-        """Register a freshly accepted session as live."""
+    async def attach(self, session: Session) -> None:
+        """Register a freshly accepted session as live (here, and for the other nodes)."""
         self.live[session.session_id] = session
+        await self.sessions.mark_live(session.session_id, session.user_id, self.settings.node_id)
 
     async def detach(self, session: Session) -> None:
         """The connection ended: leave every channel and canvas, and park the session for resumption."""
@@ -146,6 +153,7 @@ class Gateway:
                 del self.live[session.session_id]
             try:
                 await self.sessions.park(state)
+                await self.sessions.mark_gone(state.session_id)
             finally:
                 session.detached.set()
 
@@ -164,12 +172,56 @@ class Gateway:
                 return None
         state = await self.sessions.take(session_id, session.user_id)
         if state is None:
+            state = await self._take_over_remote(session_id, session.user_id)
+        if state is None:
             return None
         if self.live.get(session.session_id) is session:
             del self.live[session.session_id]
+        await self.sessions.mark_gone(session.session_id)
         session.session_id = session_id
         self.live[session_id] = session
+        await self.sessions.mark_live(session_id, session.user_id, self.settings.node_id)
         return state
+
+    async def _take_over_remote(self, session_id: str, user_id: str) -> SessionState | None:
+        """Ask the node still holding the session to close it, then take it once that node parked it."""
+        owner = await self.sessions.live_owner(session_id, user_id)
+        if owner is None or owner == self.settings.node_id:
+            return None
+        request = json.dumps({"session": session_id, "user": user_id}).encode()
+        try:
+            await self.broker.publish(control_channel(owner), request, publisher=self.settings.node_id)
+        except BrokerUnavailable:
+            return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _TAKEOVER_WAIT_S
+        while loop.time() < deadline:
+            await asyncio.sleep(0.05)
+            state = await self.sessions.take(session_id, user_id)
+            if state is not None:
+                return state
+        log.warning("remote session takeover timed out", extra={"session_id": session_id, "node_id": owner})
+        return None
+
+    def _on_control(self, publication: Publication) -> None:
+        """A request from another node: close the session it resumes (it is then parked for it)."""
+        try:
+            request = json.loads(publication.payload)
+            session = self.live.get(request["session"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("bad control message", extra={"channel": publication.channel})
+            return
+        if session is not None and session.user_id == request.get("user"):
+            session.fail(SessionTakenOver("another connection resumed this session on another node"))
+
+    async def _listen_control(self) -> None:
+        """Subscribe to this node's control channel, retrying while the broker is unavailable."""
+        while True:
+            try:
+                await self.broker.subscribe(control_channel(self.settings.node_id), self._on_control)
+                return
+            except BrokerUnavailable:
+                await asyncio.sleep(1.0)
 
     # -- channels ------------------------------------------------------------------------------
 

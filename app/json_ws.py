@@ -58,7 +58,7 @@ async def json_socket(websocket: WebSocket) -> None:
             websocket, max_buffer_bytes=settings.peer_buffer_max_bytes, queue_max=settings.peer_queue_max
         )
         session = Session(principal, fmt, sink)
-        gateway.attach(session)
+        await gateway.attach(session)
         log.info(
             "json session connected",
             extra={"session_id": session.session_id, "user_id": session.user_id, "format": fmt.value},

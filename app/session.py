@@ -59,6 +59,18 @@ class SessionRegistry(Protocol):
         """Remove and return the parked session if it exists, is unexpired and belongs to ``user_id``."""
         ...
 
+    async def mark_live(self, session_id: str, user_id: str, node_id: str) -> None:
+        """Record that ``node_id`` holds the connected session (so another node can ask for it)."""
+        ...
+
+    async def mark_gone(self, session_id: str) -> None:
+        """The session is no longer connected anywhere (it was parked, or taken over)."""
+        ...
+
+    async def live_owner(self, session_id: str, user_id: str) -> str | None:
+        """The node holding ``user_id``'s connected session ``session_id``, if any is known."""
+        ...
+
 
 class LocalSessionRegistry:
     """Parked sessions in process memory.
@@ -86,6 +98,16 @@ class LocalSessionRegistry:
             return None
         del self._parked[session_id]
         return state
+
+    async def mark_live(self, session_id: str, user_id: str, node_id: str) -> None:
+        """See ``SessionRegistry.mark_live``: one node, nothing to record."""
+
+    async def mark_gone(self, session_id: str) -> None:
+        """See ``SessionRegistry.mark_gone``."""
+
+    async def live_owner(self, session_id: str, user_id: str) -> str | None:
+        """See ``SessionRegistry.live_owner``: never another node."""
+        return None
 
     def _expire(self) -> None:
         deadline = self._clock() - self._ttl_s

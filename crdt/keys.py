@@ -133,3 +133,32 @@ def connections_key(prefix: str, user_id: str) -> str:
 def parse_connections_key(prefix: str, key: str) -> str | None:
     """The user id of a ``connections_key``, or None when ``key`` is not one."""
     return _untag(prefix, "conn", key, "nodes")
+
+
+def live_session_key(prefix: str, session_id: str) -> str:
+    """Which node holds a connected JSON-protocol session: ``<prefix>:session:{<session_id>}:live``."""
+    return _tagged(prefix, "session", session_id, "live")
+
+
+def parse_live_session_key(prefix: str, key: str) -> str | None:
+    """The session id of a ``live_session_key``, or None when ``key`` is not one."""
+    return _untag(prefix, "session", key, "live")
+
+
+# A node's control channel on the broker (session takeovers). Like ``doc_channel`` it is of a kind the
+# JSON channel validator never accepts, so no client can subscribe or publish to it.
+_NODE_KIND = "node"
+_CONTROL_SUFFIX = "control"
+
+
+def control_channel(node_id: str) -> str:
+    """The broker channel of requests to node ``node_id``: ``node:<node_id>:control``."""
+    return f"{_NODE_KIND}:{node_id}:{_CONTROL_SUFFIX}"
+
+
+def parse_control_channel(name: str) -> str | None:
+    """The node id of a ``control_channel`` name, or None when ``name`` is not one."""
+    head, tail = f"{_NODE_KIND}:", f":{_CONTROL_SUFFIX}"
+    if not name.startswith(head) or not name.endswith(tail) or len(name) <= len(head) + len(tail):
+        return None
+    return name[len(head) : -len(tail)]

@@ -161,6 +161,25 @@ async def test_resume_on_another_node_replays_exactly_what_was_missed(cluster, r
         assert other.received[0]["data"]["resumed"] is False
 
 
+async def test_resume_on_another_node_takes_over_a_connected_session(cluster, redis_url) -> None:
+    a, b = await cluster(redis_url, 2)
+    token = mint("alice")
+    async with json_client(a.ws_url, token) as old:
+        await old.subscribe("canvas:m4")
+        init = {"resume": {"sessionId": old.session_id}}
+        async with json_client(b.ws_url, token, init_data=init) as new:  # old is still connected to A
+            ack = new.received[0]
+            assert ack["data"]["resumed"] is True and ack["sessionId"] == old.session_id
+            assert ack["data"]["subscriptions"] == ["canvas:m4"]
+            closed = await old.wait_closed()
+            assert closed.rcvd.code == 1000
+            async with json_client(a.ws_url, mint("bob")) as bob:
+                await bob.request("canvas_update", _add("m4", "after"), "ack")
+            assert (await new.expect("canvas_updated"))["data"]["elementId"] == "after"
+    async with json_client(a.ws_url, mint("mallory"), init_data=init) as other:  # never another user's
+        assert other.received[0]["data"]["resumed"] is False
+
+
 async def test_resume_past_the_retained_history_is_refused(cluster, redis_url) -> None:
     a, b = await cluster(redis_url, 2, MAILY_HISTORY_MAX_PER_CHANNEL="2")
     token = mint("alice")
