@@ -40,7 +40,7 @@ from .session import Seat, Session, SessionState, new_trace_id
 
 log = logging.getLogger(__name__)
 
-_TAKEOVER_WAIT_S = 5.0  # how long a resume waits for another node to park the session it asked for
+_TAKEOVER_WAIT_S = 2.5  # how long a resume waits for another node to park the session it asked for
 
 
 @dataclass(frozen=True, slots=True)
