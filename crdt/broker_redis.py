@@ -419,12 +419,13 @@ class RedisBroker:
         """Add one probe entry to this node's stream (the reader notes it, and wakes up)."""
         self._probe_seq += 1
         seq = self._probe_seq
-        self._probes.append((seq, asyncio.get_running_loop().time()))
-        while len(self._probes) > 64:
-            self._probes.popleft()
         await self._drop_stale_connections()
         async with asyncio.timeout(self._op_timeout_s):
             await self._client.xadd(self._probe_key, {"n": seq}, maxlen=16, approximate=False)
+        if seq > self._probe_seen:  # only probes known to be in the stream are waited for
+            self._probes.append((seq, asyncio.get_running_loop().time()))
+            while len(self._probes) > 64:
+                self._probes.popleft()
 
     def _mark_down(self, exc: BaseException) -> None:
         if self._up or not self._down_logged:
