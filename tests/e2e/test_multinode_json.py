@@ -123,6 +123,12 @@ async def test_publications_and_presence_cross_nodes(cluster, redis_url) -> None
         moved = await alice.expect("cursor_moved")
         assert moved["data"]["user"]["id"] == "carol"
 
+        # a node that dies takes its participants with it once their lease runs out
+        await c.kill()
+        await asyncio.sleep(float(FAST_ENV["MAILY_PRESENCE_LEASE_S"]) + 0.5)
+        async with json_client(b.ws_url, mint("dave")) as dave:
+            assert (await dave.subscribe("canvas:m1"))["data"]["participantCount"] == 3  # alice, bob, dave
+
     async with httpx.AsyncClient(timeout=5) as http:
         ready = await http.get(f"{a.http_url}/readyz")
     assert ready.json()["checks"]["redis"] == "ok"
