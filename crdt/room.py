@@ -93,6 +93,8 @@ class RoomObservers:
     loaded: list[RoomObserver] = field(default_factory=list)  # stored state applied, no peer seated yet
     # left the manager (unloaded, deleted, failed to load, node shutdown): it gets no more changes
     unloaded: list[RoomObserver] = field(default_factory=list)
+    # a canvas is being deleted on this node (``RoomManager.deleting``), loaded here or not
+    deleting: list[Callable[[str], None]] = field(default_factory=list)
 
 
 class Room:
@@ -436,6 +438,11 @@ class RoomManager:
         would otherwise load the not-yet-deleted canvas into a fresh room that outlives the delete.
         """
         self._deleting.add(canvas_id)
+        for observer in self.room_observers.deleting:
+            try:
+                observer(canvas_id)
+            except Exception:
+                log.exception("deleting observer failed", extra={"canvas_id": canvas_id})
         try:
             self.close_room(canvas_id, error)
             yield
