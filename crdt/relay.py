@@ -29,7 +29,7 @@ from pycrdt import Doc, merge_updates
 
 from . import protocol
 from .broker import Broker, HistoryUnavailable, Publication, StreamPosition
-from .errors import BadMessage
+from .errors import BadMessage, RoomClosed
 from .keys import doc_channel
 from .room import Change, Origin, Room, RoomManager
 from .store import DocumentStore
@@ -48,6 +48,7 @@ class EnvelopeKind(IntEnum):
     SYNC_REQUEST = 2  # the sender's state vector: nodes holding the canvas reply with what it lacks
     SYNC_REPLY = 3  # the Yjs diff against a requester's state vector, for ``target`` only
     RESYNC = 4  # the sender could not publish some of its updates: holders do a full state exchange
+    CLOSED = 5  # the canvas was deleted on the sender: holders close their rooms (``RoomClosed``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +58,7 @@ class DocEnvelope:
     Attributes:
         kind: what ``payload`` is.
         node_id: the publishing node; a node drops its own envelopes.
-        payload: the update (UPDATE), state vector (SYNC_REQUEST), diff (SYNC_REPLY); empty for RESYNC.
+        payload: the update (UPDATE), state vector (SYNC_REQUEST), diff (SYNC_REPLY); empty otherwise.
         target: the node a SYNC_REPLY answers (others ignore it); empty otherwise.
     """
 
@@ -175,7 +176,8 @@ class DocumentRelay:
     them. It registers itself on the manager: ``before_load`` subscribes to a canvas's channel before
     its room reads the store (so nothing published during the load is missed), ``loaded`` applies what
     arrived meanwhile and asks the other nodes for their in-memory state, ``unloaded`` unsubscribes,
-    and the change observer publishes every PEER and SERVER change.
+    ``deleting`` tells the other nodes to close the canvas's room, and the change observer publishes
+    every PEER and SERVER change.
 
     Guarantees: updates a node accepted reach every node holding the canvas, each publisher's updates in
     the order it accepted them; nothing is lost while the broker is down (a bounded backlog, then a
@@ -251,6 +253,7 @@ class DocumentRelay:
         observers.loaded.append(self._on_loaded)
         observers.unloaded.append(self._on_unloaded)
         observers.changes.append(self._on_change)
+        observers.deleting.append(self._on_deleting)
         for room in self._rooms.rooms():  # loaded before the relay started: subscribe and exchange
             channel = self._new_channel(room.canvas_id)
             channel.room, channel.reload, channel.request = room, True, True
@@ -270,6 +273,7 @@ class DocumentRelay:
             (observers.loaded, self._on_loaded),
             (observers.unloaded, self._on_unloaded),
             (observers.changes, self._on_change),
+            (observers.deleting, self._on_deleting),
         ):
             if hook in hooks:
                 hooks.remove(hook)  # type: ignore[arg-type]
@@ -347,6 +351,9 @@ class DocumentRelay:
         else:
             channel.request = True
             self._mark(channel)
+
+    def _on_deleting(self, canvas_id: str) -> None:
+        self._send(canvas_id, EnvelopeKind.CLOSED, b"")  # other nodes close their rooms of it too
 
     def _on_unloaded(self, room: Room) -> None:
         channel = self._channels.get(room.canvas_id)
@@ -598,6 +605,12 @@ class DocumentRelay:
             elif kind is EnvelopeKind.RESYNC:
                 channel.reload = channel.request = True
                 self._mark(channel)
+            elif kind is EnvelopeKind.CLOSED:
+                log.info(
+                    "canvas deleted on another node, closing its room",
+                    extra={"canvas_id": channel.canvas_id, "from_node": envelope.node_id},
+                )
+                self._rooms.close_room(channel.canvas_id, RoomClosed("canvas deleted on another node"))
         except BadMessage as exc:
             log.warning(
                 "relay dropped an envelope the document refused",

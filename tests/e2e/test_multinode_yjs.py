@@ -16,7 +16,9 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
 import pytest
+import websockets
 from pycrdt import Doc, Map
 from sqlalchemy import text
 
@@ -195,6 +197,28 @@ async def test_json_subscriber_on_one_node_sees_yjs_edits_made_on_another(nodes)
             add = {"canvasId": "m2", "action": "add", "elementId": "j1", "properties": {"type": "text"}}
             assert (await jane.request("canvas_update", add, "ack"))["type"] == "ack"
             await eventually(lambda: "j1" in elements(doc), timeout=10)
+
+
+async def test_deleting_a_canvas_on_one_node_closes_it_on_the_others(nodes, pg_url: str) -> None:
+    n1, n2 = await nodes(2)
+    async with yjs_client(n2.ws_url, "m4", mint("bob")) as (doc, _, connection):
+        elements(doc)["e1"] = Map({"x": 1})
+        await eventually_async(lambda: _has_stored(pg_url, "m4"))
+        admin = {"Authorization": f"Bearer {mint('admin', {'canvas:*': 'admin'})}"}
+        async with httpx.AsyncClient(base_url=n1.http_url, timeout=10) as http:
+            assert (await http.delete("/api/v1/canvases/m4", headers=admin)).status_code == 204
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            async with asyncio.timeout(10):
+                await connection.wait_closed()
+                await connection.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404
+    keys, _ = await stored(pg_url, "m4")
+    assert keys == set()
+
+
+async def _has_stored(pg_url: str, canvas_id: str) -> bool:
+    keys, _ = await stored(pg_url, canvas_id)
+    return bool(keys)
 
 
 async def test_redis_outage_under_cross_node_load(nodes, redis_server: RedisServer, pg_url: str) -> None:

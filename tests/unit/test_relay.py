@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pycrdt import Map
 
-from crdt.errors import BadMessage
+from crdt.broker import StreamPosition
+from crdt.errors import BadMessage, RoomClosed
 from crdt.keys import doc_channel
 from crdt.relay import DocEnvelope, EnvelopeKind, decode_envelope, encode_envelope
 from storage.memory import InMemoryDocumentStore
@@ -255,6 +256,27 @@ async def test_unloading_unsubscribes_and_reloading_resubscribes() -> None:
             assert channel in n2.broker.handlers
             n1.edit("z")
             await eventually(lambda: "z" in n2.keys())
+
+
+async def test_a_canvas_deleted_on_one_node_is_closed_on_the_others() -> None:
+    bus = Bus()
+    async with cluster(("n1", "n2", "n3"), bus=bus) as (n1, n2, n3), n1.joined(), n2.joined():
+        await joined_up(n1, n2)
+        peer1, peer2 = n1.peer(), n2.peer()
+        # n3 does not hold the canvas (the REST delete may arrive on any node)
+        async with n3.rooms.deleting(CANVAS, RoomClosed("canvas deleted")):
+            await eventually(lambda: n1.rooms.get(CANVAS) is None and n2.rooms.get(CANVAS) is None)
+        assert isinstance(peer1.error, RoomClosed) and isinstance(peer2.error, RoomClosed)
+        await settle_publications(n1, n2, n3)
+        name = doc_channel(CANVAS)
+        position = await bus.broker.position(name)
+        history = await bus.broker.history(name, StreamPosition(0, position.epoch))
+        closes = [
+            envelope.node_id
+            for envelope in (decode_envelope(p.payload) for p in history)
+            if envelope.kind is EnvelopeKind.CLOSED
+        ]
+        assert closes == ["n3"]  # the nodes that closed because of it do not echo it
 
 
 # -- outages --------------------------------------------------------------------------------------
