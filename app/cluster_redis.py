@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ from crdt.broker_redis import RedisBroker
 from crdt.keys import (
     connections_key,
     live_session_key,
+    node_probe_key,
     parse_presence_member,
     presence_key,
     presence_member,
@@ -36,7 +37,7 @@ from .cluster import Cluster
 from .config import Settings
 from .limits import LocalConnectionLimiter, LocalRateLimiter
 from .presence import LocalPresence, PresenceEvent
-from .session import SessionState
+from .session import UNKNOWN_POSITION, SessionState
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,25 @@ return raw
 """
 
 
+# KEYS: live session, holder's probe stream. ARGV: user, holder, dead after (ms). The live record,
+# removed, if it still names that user and holder and the holder's last probe is older than that.
+_CLAIM = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return false end
+local data = cjson.decode(raw)
+if data['user'] ~= ARGV[1] or data['node'] ~= ARGV[2] then return false end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #last > 0 then
+  local stamp = tonumber(string.match(last[1][1], '^(%d+)'))
+  if now - stamp < tonumber(ARGV[3]) then return false end
+end
+redis.call('DEL', KEYS[1])
+return raw
+"""
+
+
 class RedisSessionRegistry:
     """Parked sessions as Redis strings with the session TTL, so any node can take one over.
 
@@ -110,11 +130,13 @@ class RedisSessionRegistry:
     ``resumed: false`` and reloads) and ``take`` finds nothing.
     """
 
-    def __init__(self, redis: _Redis, *, prefix: str, ttl_s: float) -> None:
+    def __init__(self, redis: _Redis, *, prefix: str, ttl_s: float, node_dead_after_s: float = 5.0) -> None:
         self._redis = redis
         self._prefix = prefix
         self._ttl_ms = int(ttl_s * 1000)
+        self._dead_ms = int(node_dead_after_s * 1000)
         self._take = redis.client.register_script(_TAKE)
+        self._claim = redis.client.register_script(_CLAIM)
 
     async def park(self, state: SessionState) -> None:
         """See ``SessionRegistry.park``."""
@@ -148,9 +170,11 @@ class RedisSessionRegistry:
         }
         return SessionState(session_id, user_id, channels, float(data["detached_at"]))
 
-    async def mark_live(self, session_id: str, user_id: str, node_id: str) -> None:
-        """See ``SessionRegistry.mark_live`` (kept a day at most, in case the node dies)."""
-        raw = json.dumps({"user": user_id, "node": node_id})
+    async def mark_live(
+        self, session_id: str, user_id: str, node_id: str, channels: Iterable[str] = ()
+    ) -> None:
+        """See ``SessionRegistry.mark_live`` (kept a day at most)."""
+        raw = json.dumps({"user": user_id, "node": node_id, "channels": sorted(channels)})
         try:
             await self._redis(
                 self._redis.client.set(live_session_key(self._prefix, session_id), raw, ex=86400)
@@ -175,6 +199,29 @@ class RedisSessionRegistry:
             return None
         data = json.loads(raw)
         return str(data["node"]) if data.get("user") == user_id else None
+
+    async def claim_orphan(self, session_id: str, user_id: str) -> SessionState | None:
+        """See ``SessionRegistry.claim_orphan``: the holder is dead when its probe stream (the broker
+        adds an entry every probe interval) has had no entry for ``node_dead_after_s``."""
+        key = live_session_key(self._prefix, session_id)
+        try:
+            raw = await self._redis(self._redis.client.get(key))
+            if not raw:
+                return None
+            data = json.loads(raw)
+            if data.get("user") != user_id:
+                return None
+            probe = node_probe_key(self._prefix, str(data["node"]))
+            raw = await self._redis(
+                self._claim(keys=[key, probe], args=[user_id, str(data["node"]), self._dead_ms])
+            )
+        except RedisUnavailable:
+            return None
+        if not raw:
+            return None
+        channels = {name: UNKNOWN_POSITION for name in json.loads(raw).get("channels", [])}
+        log.info("session of a dead node claimed", extra={"session_id": session_id, "node_id": data["node"]})
+        return SessionState(session_id, user_id, channels, time.time())
 
 
 # -- connection limit ---------------------------------------------------------------------------------------
@@ -539,7 +586,12 @@ async def redis_cluster(settings: Settings) -> AsyncIterator[Cluster]:
             yield Cluster(
                 broker=broker,
                 presence=presence,
-                sessions=RedisSessionRegistry(redis, prefix=prefix, ttl_s=settings.session_ttl_s),
+                sessions=RedisSessionRegistry(
+                    redis,
+                    prefix=prefix,
+                    ttl_s=settings.session_ttl_s,
+                    node_dead_after_s=settings.redis_probe_deadline_s + settings.redis_probe_interval_s,
+                ),
                 rate=rate,
                 connections=connections,
                 checks=checks,

@@ -185,6 +185,9 @@ class Gateway:
 
     async def _take_over_remote(self, session_id: str, user_id: str) -> SessionState | None:
         """Ask the node still holding the session to close it, then take it once that node parked it."""
+        orphan = await self.sessions.claim_orphan(session_id, user_id)  # its node died
+        if orphan is not None:
+            return orphan
         owner = await self.sessions.live_owner(session_id, user_id)
         if owner is None or owner == self.settings.node_id:
             return None
@@ -198,6 +201,8 @@ class Gateway:
         while loop.time() < deadline:
             await asyncio.sleep(0.05)
             state = await self.sessions.take(session_id, user_id)
+            if state is None:
+                state = await self.sessions.claim_orphan(session_id, user_id)
             if state is not None:
                 return state
         log.warning("remote session takeover timed out", extra={"session_id": session_id, "node_id": owner})
@@ -283,6 +288,7 @@ class Gateway:
             raise
         self._send_subscribed(session, channel, position, trace_id)
         subscription.go_live([to_delivery(publication) for publication in replay])
+        await self._record(session)
 
     async def unsubscribe(self, session: Session, name: str) -> bool:
         """Remove ``session``'s subscription to ``name``; False if it had none."""
@@ -290,7 +296,15 @@ class Gateway:
         if subscription is None:
             return False
         await self._drop(session, subscription)
+        await self._record(session)
         return True
+
+    async def _record(self, session: Session) -> None:
+        """Keep the session's channels known to the other nodes (a resume after this node died)."""
+        if self.live.get(session.session_id) is session:
+            await self.sessions.mark_live(
+                session.session_id, session.user_id, self.settings.node_id, session.subscriptions
+            )
 
     def participant_count(self, channel: Channel) -> int:
         """Users on the canvas (JSON and Yjs) for canvas channels; subscribed sessions otherwise."""

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -38,6 +38,9 @@ def new_trace_id() -> str:
     return secrets.token_hex(16)
 
 
+UNKNOWN_POSITION = StreamPosition(-1, "")  # no replay is possible from here (see ``claim_orphan``)
+
+
 @dataclass(frozen=True, slots=True)
 class SessionState:
     """What survives a disconnect: who owns the session and where each of its channels stood."""
@@ -59,8 +62,11 @@ class SessionRegistry(Protocol):
         """Remove and return the parked session if it exists, is unexpired and belongs to ``user_id``."""
         ...
 
-    async def mark_live(self, session_id: str, user_id: str, node_id: str) -> None:
-        """Record that ``node_id`` holds the connected session (so another node can ask for it)."""
+    async def mark_live(
+        self, session_id: str, user_id: str, node_id: str, channels: Iterable[str] = ()
+    ) -> None:
+        """Record that ``node_id`` holds the connected session and its channels (so another node can
+        ask for it, or claim it if ``node_id`` dies)."""
         ...
 
     async def mark_gone(self, session_id: str) -> None:
@@ -69,6 +75,14 @@ class SessionRegistry(Protocol):
 
     async def live_owner(self, session_id: str, user_id: str) -> str | None:
         """The node holding ``user_id``'s connected session ``session_id``, if any is known."""
+        ...
+
+    async def claim_orphan(self, session_id: str, user_id: str) -> SessionState | None:
+        """Take over the session of a node that died while holding it (atomically, once).
+
+        Returns its channels with ``UNKNOWN_POSITION`` (the dead node's delivery positions are lost:
+        only offsets the client sends can be replayed), or None when the holder is alive or unknown.
+        """
         ...
 
 
@@ -99,7 +113,9 @@ class LocalSessionRegistry:
         del self._parked[session_id]
         return state
 
-    async def mark_live(self, session_id: str, user_id: str, node_id: str) -> None:
+    async def mark_live(
+        self, session_id: str, user_id: str, node_id: str, channels: Iterable[str] = ()
+    ) -> None:
         """See ``SessionRegistry.mark_live``: one node, nothing to record."""
 
     async def mark_gone(self, session_id: str) -> None:
@@ -107,6 +123,10 @@ class LocalSessionRegistry:
 
     async def live_owner(self, session_id: str, user_id: str) -> str | None:
         """See ``SessionRegistry.live_owner``: never another node."""
+        return None
+
+    async def claim_orphan(self, session_id: str, user_id: str) -> SessionState | None:
+        """See ``SessionRegistry.claim_orphan``: a single node has no other node's sessions."""
         return None
 
     def _expire(self) -> None:

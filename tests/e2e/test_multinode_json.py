@@ -186,6 +186,30 @@ async def test_resume_on_another_node_takes_over_a_connected_session(cluster, re
         assert other.received[0]["data"]["resumed"] is False
 
 
+async def test_resume_after_the_node_died_replays_what_the_client_names(cluster, redis_url) -> None:
+    a, b = await cluster(redis_url, 2)
+    token = mint("alice")
+    async with json_client(a.ws_url, token) as alice:
+        session_id = alice.session_id
+        offset = (await alice.subscribe("canvas:m6"))["data"]["offset"]
+        await alice.subscribe("user:alice:notifications")
+        await a.kill()  # SIGKILL: the session is never parked
+        await alice.wait_closed()
+    async with json_client(b.ws_url, mint("bob")) as bob:
+        for element_id in ("x1", "x2"):
+            await bob.request("canvas_update", _add("m6", element_id), "ack")
+    init = {"resume": {"sessionId": session_id, "offsets": {"canvas:m6": offset}}}
+    async with json_client(b.ws_url, token, init_data=init) as again:
+        ack = again.received[0]
+        assert ack["data"]["resumed"] is True and ack["sessionId"] == session_id
+        assert ack["data"]["subscriptions"] == ["canvas:m6", "user:alice:notifications"]
+        replayed = [await again.expect("canvas_updated") for _ in range(2)]
+        assert [m["data"]["elementId"] for m in replayed] == ["x1", "x2"]
+        # where the dead node's delivery stood on the other channel is unknown: refused, never guessed
+        refused = await again.error("SUBSCRIPTION_FAILED")
+        assert refused["data"]["channel"] == "user:alice:notifications"
+
+
 async def test_resume_past_the_retained_history_is_refused(cluster, redis_url) -> None:
     a, b = await cluster(redis_url, 2, MAILY_HISTORY_MAX_PER_CHANNEL="2")
     token = mint("alice")
