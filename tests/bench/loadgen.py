@@ -560,6 +560,7 @@ async def run_fanout(
     max_drain_s: float = 5.0,
     workers: int = 2,
     on_window: Callable[[], Any] | None = None,
+    other_pids: dict[str, int] | None = None,
 ) -> FanoutResult:
     """One fan-out run against a running server on a fresh canvas.
 
@@ -567,7 +568,8 @@ async def run_fanout(
     ``warmup_s * rate`` updates (not measured), then ``duration_s * rate`` updates at ``rate``.
     The measured window runs from the first timed send until every receiver has every update or
     deliveries stop for 1 s (at most ``max_drain_s`` after the last send). ``on_window`` is called
-    when the window opens (the profiler hook of ``run_fanout.py``).
+    when the window opens (the profiler hook of ``run_fanout.py``). ``other_pids`` are more processes
+    (the writer's node, Redis) whose CPU in the window goes to ``extra["cpu_s"]`` by name.
     """
     server = psutil.Process(server_pid)
     result = FanoutResult(receivers=receivers, rate=rate, duration_s=duration_s)
@@ -622,6 +624,8 @@ async def run_fanout(
         await asyncio.sleep(0.5)
         lags.clear()
         clients = [psutil.Process(pid) for pid in pool.pids] + [psutil.Process()]
+        others = {name: psutil.Process(pid) for name, pid in (other_pids or {}).items()}
+        others_cpu0 = {name: _cpu_s([proc]) for name, proc in others.items()}
         cpu0, client_cpu0, t_open = server.cpu_times(), _cpu_s(clients), now()
         if on_window is not None:
             on_window()
@@ -640,6 +644,7 @@ async def run_fanout(
                 break
         t_close = now()
         cpu1, client_cpu1 = server.cpu_times(), _cpu_s(clients)
+        result.extra["cpu_s"] = {name: _cpu_s([proc]) - others_cpu0[name] for name, proc in others.items()}
         result.window_s = t_close - t_open
         result.rss_after_mb = _rss_mb(server)
         result.server_cpu_user_s = cpu1.user - cpu0.user

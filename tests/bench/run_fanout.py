@@ -73,9 +73,18 @@ class Server:
 
 @contextlib.asynccontextmanager
 async def running_server(
-    name: str, workdir: Path, log_dir: Path, *, db_path: Path | None = None, max_peers: int = 1000
+    name: str,
+    workdir: Path,
+    log_dir: Path,
+    *,
+    db_path: Path | None = None,
+    max_peers: int = 1000,
+    extra_env: dict[str, str] | None = None,
 ) -> AsyncIterator[Server]:
-    """Start ``name`` on a free port, wait until it accepts connections, stop it (SIGTERM) on exit."""
+    """Start ``name`` on a free port, wait until it accepts connections, stop it (SIGTERM) on exit.
+
+    ``extra_env`` overrides our server's environment (``MAILY_REDIS_URL``, ``MAILY_DATABASE_URL``, ...).
+    """
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (a benchmark orchestrator; nothing else runs)
     log_path = log_dir / f"{name}-{port}.log"
@@ -90,6 +99,7 @@ async def running_server(
             MAILY_ENV="dev",
             MAILY_MAX_PEERS_PER_ROOM=str(max_peers),
         )
+        env.update(extra_env or {})
         exe = shutil.which("maily-realtime")
         cmd = [exe] if exe else [sys.executable, "-m", "app.cli"]
         cmd += ["serve", "--port", str(port)]

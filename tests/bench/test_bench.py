@@ -44,3 +44,21 @@ def test_quick_fanout_benchmark(tmp_path: Path) -> None:
     for run in cold.values():
         assert run["first_sync_elements"] == run["elements"], f"incomplete sync: {run}"
     log.info("quick fan-out benchmark: %s", proc.stdout.strip().splitlines()[-1])
+
+
+def test_quick_crossnode_benchmark(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "run_crossnode.py"), "--quick", "--out", str(tmp_path)],
+        cwd=BENCH_DIR.parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, f"run_crossnode.py exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    report = json.loads((tmp_path / "latest-crossnode.json").read_text())
+    runs = {run["scenario"]: run for run in report["runs"]}
+    assert {"single", "cross"} <= runs.keys(), report["failures"]
+    for run in runs.values():
+        assert run["delivered_fraction"] == 1.0, f"{run['scenario']}: {run['delivered_fraction']}"
+    log.info("quick cross-node benchmark: %s", proc.stdout.strip().splitlines()[-1])
