@@ -234,7 +234,7 @@ class Session:
             log.warning(
                 "slow consumer evicted", extra={"session_id": self.session_id, "user_id": self.user_id}
             )
-            self.sink.abort()
+            self.sink.evict(error)
         self._failed.set_result(error)
 
     async def wait_failed(self) -> CrdtError | AppError:

@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from crdt.errors import CrdtError
 from crdt.frame import OutFrame
+
+from .errors import close_code_for
 
 log = logging.getLogger(__name__)
 
 _PROTOCOL_KEY = "maily.ws_protocol"
+EVICT_TIMEOUT_S = 5.0  # how long an evicted connection may take to drain its backlog and the close frame
 
 
 class CaptureWsProtocol:
@@ -54,10 +59,13 @@ class TransportSink:
     ``max_buffer_bytes`` reports failure (one large frame, such as an initial sync, always fits).
     """
 
-    def __init__(self, protocol: Any, max_buffer_bytes: int) -> None:
+    def __init__(
+        self, protocol: Any, max_buffer_bytes: int, evict_timeout_s: float = EVICT_TIMEOUT_S
+    ) -> None:
         self._protocol = protocol
         self._transport: asyncio.WriteTransport = protocol.transport
         self._max = max_buffer_bytes
+        self._evict_timeout_s = evict_timeout_s
 
     def write(self, frame: OutFrame) -> bool:
         transport = self._transport
@@ -69,6 +77,16 @@ class TransportSink:
 
     def abort(self) -> None:
         self._transport.abort()
+
+    def evict(self, error: CrdtError) -> None:
+        """Queue a close frame behind the backlog and close; abort if it has not drained in time."""
+        transport = self._transport
+        if self._protocol.close_sent or transport.is_closing():
+            return
+        self._protocol.close_sent = True  # uvicorn must not write to this connection any more
+        transport.write(_close_frame(close_code_for(error), error.code))
+        transport.close()  # after the buffer is flushed
+        asyncio.get_running_loop().call_later(self._evict_timeout_s, transport.abort)
 
     async def run(self) -> None:
         """Nothing to pump: frames go straight to the transport."""
@@ -89,6 +107,10 @@ class AsgiSink:
             return False
         return True
 
+    def evict(self, error: CrdtError) -> None:
+        """Through ASGI a close would wait behind the stalled sends: drop the queue and the socket."""
+        self.abort()
+
     def abort(self) -> None:
         self._aborted = True
         while not self._queue.empty():
@@ -102,6 +124,12 @@ class AsgiSink:
                 await self._websocket.send_text(frame.payload.decode("utf-8"))
             else:
                 await self._websocket.send_bytes(frame.payload)
+
+
+def _close_frame(code: int, reason: str) -> bytes:
+    """An RFC 6455 close frame (server side: unmasked); the reason is cut to fit a control frame."""
+    payload = struct.pack("!H", code) + reason.encode("utf-8")[:123]
+    return bytes((0x88, len(payload))) + payload
 
 
 def open_sink(websocket: WebSocket, *, max_buffer_bytes: int, queue_max: int) -> TransportSink | AsgiSink:

@@ -31,6 +31,14 @@ class FrameSink(Protocol):
         """Drop the connection at once, without a closing handshake (its backlog cannot drain)."""
         ...
 
+    def evict(self, error: CrdtError) -> None:
+        """Close a connection that fell behind, with ``error``'s close code, never blocking.
+
+        The close frame goes out after the backlog, so a client that is slow but reading learns
+        why and resyncs; one that does not drain its backlog soon is aborted.
+        """
+        ...
+
 
 class Peer:
     """A connected client of one room.
@@ -69,7 +77,7 @@ class Peer:
         self.error = error
         if isinstance(error, SlowConsumer):
             log.warning("slow consumer evicted", extra={"peer_id": self.peer_id, "user_id": self.user_id})
-            self.sink.abort()
+            self.sink.evict(error)
         self._failed.set_result(error)
 
     async def wait_failed(self) -> CrdtError:

@@ -36,6 +36,30 @@ def _stalled_client(port: int, path: str) -> socket.socket:
     return sock
 
 
+def _read_until_eof(sock: socket.socket) -> bytes:
+    sock.settimeout(10)
+    chunks = []
+    while chunk := sock.recv(1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _close_code(stream: bytes) -> int | None:
+    """The code of the first close frame in a stream of unmasked server frames."""
+    pos = 0
+    while pos + 2 <= len(stream):
+        opcode, length = stream[pos] & 0x0F, stream[pos + 1] & 0x7F
+        pos += 2
+        if length == 126:
+            length, pos = int.from_bytes(stream[pos : pos + 2], "big"), pos + 2
+        elif length == 127:
+            length, pos = int.from_bytes(stream[pos : pos + 8], "big"), pos + 8
+        if opcode == 0x8:
+            return int.from_bytes(stream[pos : pos + 2], "big")
+        pos += length
+    return None
+
+
 async def test_slow_client_is_evicted_and_others_keep_receiving(server_factory, sqlite_url) -> None:
     server = await server_factory(database_url=sqlite_url, peer_buffer_max_bytes=256 * 1024)
     async with yjs_client(server.ws_url, "slow", mint("writer")) as (writer, _, _):
@@ -55,6 +79,9 @@ async def test_slow_client_is_evicted_and_others_keep_receiving(server_factory, 
                 await eventually(lambda: len(elements(reader)) == 400, timeout=30)
                 await eventually(lambda: len(room.peers) == 2, timeout=10)
                 assert {peer.user_id for peer in room.peers.values()} == {"writer", "reader"}
+                # the stalled client finally reads: its backlog ends with a close frame saying why
+                backlog = await asyncio.to_thread(_read_until_eof, stalled)
+                assert _close_code(backlog) == 4508
             finally:
                 stalled.close()
 

@@ -25,6 +25,7 @@ class ListSink:
         self.frames: list[OutFrame] = []
         self.cap = cap
         self.aborted = False
+        self.evicted: CrdtError | None = None
 
     def write(self, frame: OutFrame) -> bool:
         self.frames.append(frame)
@@ -32,6 +33,9 @@ class ListSink:
 
     def abort(self) -> None:
         self.aborted = True
+
+    def evict(self, error: CrdtError) -> None:
+        self.evicted = error
 
 
 def make_peer(name: str, *, can_write: bool = True, cap: int = 10_000) -> Peer:
@@ -92,7 +96,7 @@ async def test_slow_consumer_fails_without_affecting_others(rooms) -> None:
         for i in range(10):
             room.receive(writer, protocol.encode_update(update_adding(f"e{i}", doc)))
         assert isinstance(slow.error, SlowConsumer)
-        assert slow.sink.aborted
+        assert slow.sink.evicted is slow.error
         assert fast.error is None
         assert len(room.doc.get("elements", type=Map)) == 10
 
