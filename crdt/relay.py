@@ -39,6 +39,7 @@ T = TypeVar("T")
 
 ENVELOPE_VERSION = 1
 _COALESCE_MAX_BYTES = 1024 * 1024  # largest merge of queued updates into one envelope
+_REPAIR_CONCURRENCY = 16  # channels repaired at once (replays, storage reloads)
 
 
 class EnvelopeKind(IntEnum):
@@ -635,15 +636,7 @@ class DocumentRelay:
             self._repair_wakeup.clear()
             try:
                 await self._unsubscribe_unused()
-                for canvas_id in list(self._dirty):
-                    self._dirty.discard(canvas_id)
-                    channel = self._channels.get(canvas_id)
-                    if channel is not None and not channel.closed:
-                        try:
-                            await self._repair(channel)
-                        except Exception:
-                            self._mark(channel)
-                            raise
+                await self._repair_dirty()
                 if self._check_now or time.monotonic() >= next_check:
                     self._check_now = False
                     next_check = time.monotonic() + self._check_interval_s
@@ -662,6 +655,29 @@ class DocumentRelay:
                 backoff = min(backoff * 2, self._retry_max_s)
                 continue
             backoff = 0.05
+
+    async def _repair_dirty(self) -> None:
+        """Repair the marked channels, ``_REPAIR_CONCURRENCY`` at a time (after Redis restarted empty,
+        every loaded canvas needs a storage reload). Failed ones stay marked; raises if any failed."""
+        channels = [self._channels.get(canvas_id) for canvas_id in self._dirty]
+        self._dirty.clear()
+        slots = asyncio.Semaphore(_REPAIR_CONCURRENCY)
+        failures: list[Exception] = []
+
+        async def repair(channel: _DocChannel) -> None:
+            async with slots:
+                try:
+                    await self._repair(channel)
+                except Exception as exc:
+                    failures.append(exc)
+                    self._mark(channel)
+
+        async with asyncio.TaskGroup() as group:
+            for channel in channels:
+                if channel is not None and not channel.closed:
+                    group.create_task(repair(channel))
+        if failures:
+            raise failures[0]
 
     def _check_eagerly(self) -> None:
         """A broker call failed: compare every channel with its stream soon, any lag being a gap."""

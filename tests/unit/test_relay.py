@@ -176,6 +176,24 @@ async def test_broker_restarting_empty_changes_the_epoch_and_nodes_exchange_stat
         await eventually(lambda: "back" in n1.keys())
 
 
+async def test_many_canvases_recover_together_after_the_broker_restarted_empty() -> None:
+    bus = Bus()
+    canvases = [f"m{i}" for i in range(40)]
+    async with cluster(bus=bus) as (n1, n2), AsyncExitStack() as stack:
+        for canvas in canvases:
+            for node in (n1, n2):
+                await stack.enter_async_context(node.joined(canvas))
+        await settle_publications(n1, n2)
+        n1.store.append_gate.clear()  # only n1's memory has what follows
+        n2.broker.drop_next = len(canvases)
+        for canvas in canvases:
+            n1.edit("lost", canvas)
+        await eventually(lambda: n2.broker.dropped == len(canvases))
+        await bus.reset()
+        await eventually(lambda: all("lost" in n2.keys(canvas) for canvas in canvases))
+        n1.store.append_gate.set()
+
+
 async def test_a_loss_reported_by_the_broker_leads_to_a_full_state_exchange() -> None:
     async with cluster(check_interval_s=60) as (n1, n2), n1.joined(), n2.joined():
         await joined_up(n1, n2)
