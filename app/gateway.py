@@ -286,9 +286,11 @@ class Gateway:
         except BaseException:
             await self._drop(session, subscription)
             raise
+        # recorded before `subscribed` goes out: a client told it is subscribed can count on a resume
+        # on another node knowing the channel, even if this node dies right after
+        await self._record(session)
         self._send_subscribed(session, channel, position, trace_id)
         subscription.go_live([to_delivery(publication) for publication in replay])
-        await self._record(session)
 
     async def unsubscribe(self, session: Session, name: str) -> bool:
         """Remove ``session``'s subscription to ``name``; False if it had none."""

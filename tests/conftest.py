@@ -199,6 +199,8 @@ class ServerProcess:
 
     def __init__(self, log_dir: Path, port: int | None = None, **env: str) -> None:
         self.port = port or free_port()
+        self._port_chosen = port is not None
+        env.setdefault("MAILY_NODE_ID", f"proc-{secrets.token_hex(4)}")
         self.env = {**os.environ, "MAILY_JWT_SECRET": JWT_SECRET, "MAILY_LOG_LEVEL": "INFO", **env}
         self.log_path = log_dir / f"server-{self.port}-{len(SERVER_LOG_FILES)}.log"
         SERVER_LOG_FILES.append(self.log_path)
@@ -213,6 +215,20 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> ServerProcess:
+        """Start and wait until this very process answers /healthz (checked by its node id).
+
+        A free port can be taken by someone else between ``free_port()`` and the server's bind;
+        then the server exits and, unless the caller chose the port, it is started on another one.
+        """
+        for _ in range(3):
+            if await self._start_once():
+                return self
+            if self._port_chosen:
+                break
+            self.port = free_port()
+        raise RuntimeError(f"server did not start: {self.log_path.read_text()}")
+
+    async def _start_once(self) -> bool:
         import httpx
 
         log_file = self.log_path.open("ab")
@@ -224,12 +240,11 @@ class ServerProcess:
         async with httpx.AsyncClient() as http, asyncio.timeout(30):
             while True:
                 if self.process.returncode is not None:
-                    raise RuntimeError(
-                        f"server exited with {self.process.returncode}: {self.log_path.read_text()}"
-                    )
+                    return False
                 try:
-                    if (await http.get(f"{self.http_url}/healthz")).status_code == 200:
-                        return self
+                    reply = await http.get(f"{self.http_url}/healthz")
+                    if reply.status_code == 200 and reply.json().get("nodeId") == self.env["MAILY_NODE_ID"]:
+                        return True
                 except httpx.TransportError:
                     pass
                 await asyncio.sleep(0.05)

@@ -13,9 +13,9 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-async def healthz() -> dict[str, str]:
-    """The process is up and serving HTTP."""
-    return {"status": "ok"}
+async def healthz(node: NodeDep) -> dict[str, str]:
+    """The process is up and serving HTTP; ``nodeId`` names the node that answered."""
+    return {"status": "ok", "nodeId": node.settings.node_id}
 
 
 @router.get("/readyz")
