@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
+from crdt.awareness_relay import AwarenessRelay
 from crdt.persist import UpdateLog
 from crdt.relay import DocumentRelay
 from crdt.room import RoomManager
@@ -83,6 +84,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         store_timeout_s=settings.load_timeout_s,
                         backlog_max_bytes=settings.relay_backlog_max_bytes,
                     )
+                )
+                # and their editors' cursors: Yjs awareness, at most once
+                await stack.enter_async_context(
+                    AwarenessRelay(rooms, broker, broker_timeout_s=2 * settings.redis_timeout_s)
                 )
             gateway = await stack.enter_async_context(Gateway(settings, auth, rooms, update_log, cluster))
             canvas_service = CanvasService(

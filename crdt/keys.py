@@ -36,6 +36,28 @@ def parse_doc_channel(name: str) -> str | None:
     return parts[1] if _CANVAS_ID.match(parts[1]) else None
 
 
+_AWARENESS_SUFFIX = "cursor"  # ends in ":cursor": the broker keeps no history of it (ephemeral)
+
+
+def awareness_channel(canvas_id: str) -> str:
+    """The broker channel relaying ``canvas_id``'s Yjs awareness between nodes: ``yjs:ID:cursor``.
+
+    Raises:
+        ValueError: ``canvas_id`` is not a valid canvas id.
+    """
+    if not _CANVAS_ID.match(canvas_id):
+        raise ValueError(f"expected a canvas id matching {_CANVAS_ID.pattern}, got {canvas_id!r}")
+    return f"{_DOC_KIND}:{canvas_id}:{_AWARENESS_SUFFIX}"
+
+
+def parse_awareness_channel(name: str) -> str | None:
+    """The canvas id of an ``awareness_channel`` name, or None when ``name`` is not one."""
+    parts = name.split(":")
+    if len(parts) != 3 or parts[0] != _DOC_KIND or parts[2] != _AWARENESS_SUFFIX:
+        return None
+    return parts[1] if _CANVAS_ID.match(parts[1]) else None
+
+
 # -- Redis keys ------------------------------------------------------------------------------------
 # Every key starts with a prefix (``maily`` by default) so that several deployments can share one
 # Redis. A channel's two keys share the hash tag ``{<channel>}``: the publish script touches both.

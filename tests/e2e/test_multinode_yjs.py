@@ -22,6 +22,7 @@ import websockets
 from pycrdt import Doc, Map
 from sqlalchemy import text
 
+from crdt import protocol
 from crdt.persist import merge_to_state
 from storage.db import make_engine, make_sessionmaker
 from storage.documents import SqlDocumentStore
@@ -267,3 +268,17 @@ async def test_redis_outage_under_cross_node_load(nodes, redis_server: RedisServ
         assert converged_s < 10, f"converged {converged_s:.1f} s after Redis came back"
     node_of = {"a": "n1", "b": "n2"}
     await eventually_async(lambda: _stored_once(pg_url, canvas, expected, node_of), timeout=15)
+
+
+async def test_yjs_cursors_cross_nodes_and_leave_with_their_editor(nodes) -> None:
+    """Awareness of a Yjs editor on node 1 reaches an editor on node 2, and its removal too."""
+    n1, n2 = await nodes(2)
+    cursor = protocol.AwarenessEntry(4242, 3, '{"user":{"name":"Ann"},"cursor":{"x":10,"y":20}}')
+    async with yjs_client(n2.ws_url, "aw1", mint("bob")) as (_, watcher, _):
+        async with websockets.connect(f"{n1.ws_url}/yjs/aw1?token={mint('ann')}") as ann:
+            await ann.recv()  # sync step 1: the room is loaded on node 1
+            await asyncio.sleep(0.5)  # both nodes follow the canvas's awareness channel
+            await ann.send(protocol.encode_awareness([cursor]))
+            await eventually(lambda: protocol.encode_awareness([cursor]) in watcher.received, timeout=10)
+        removal = protocol.encode_awareness([protocol.AwarenessEntry(4242, 4, "null")])
+        await eventually(lambda: removal in watcher.received, timeout=10)
