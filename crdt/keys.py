@@ -23,17 +23,12 @@ def doc_channel(canvas_id: str) -> str:
     Raises:
         ValueError: ``canvas_id`` is not a valid canvas id.
     """
-    if not _CANVAS_ID.match(canvas_id):
-        raise ValueError(f"expected a canvas id matching {_CANVAS_ID.pattern}, got {canvas_id!r}")
-    return f"{_DOC_KIND}:{canvas_id}:{_DOC_SUFFIX}"
+    return _internal_channel(canvas_id, _DOC_SUFFIX)
 
 
 def parse_doc_channel(name: str) -> str | None:
     """The canvas id of a ``doc_channel`` name, or None when ``name`` is not one."""
-    parts = name.split(":")
-    if len(parts) != 3 or parts[0] != _DOC_KIND or parts[2] != _DOC_SUFFIX:
-        return None
-    return parts[1] if _CANVAS_ID.match(parts[1]) else None
+    return _parse_internal_channel(name, _DOC_SUFFIX)
 
 
 _AWARENESS_SUFFIX = "cursor"  # ends in ":cursor": the broker keeps no history of it (ephemeral)
@@ -45,15 +40,23 @@ def awareness_channel(canvas_id: str) -> str:
     Raises:
         ValueError: ``canvas_id`` is not a valid canvas id.
     """
-    if not _CANVAS_ID.match(canvas_id):
-        raise ValueError(f"expected a canvas id matching {_CANVAS_ID.pattern}, got {canvas_id!r}")
-    return f"{_DOC_KIND}:{canvas_id}:{_AWARENESS_SUFFIX}"
+    return _internal_channel(canvas_id, _AWARENESS_SUFFIX)
 
 
 def parse_awareness_channel(name: str) -> str | None:
     """The canvas id of an ``awareness_channel`` name, or None when ``name`` is not one."""
+    return _parse_internal_channel(name, _AWARENESS_SUFFIX)
+
+
+def _internal_channel(canvas_id: str, suffix: str) -> str:
+    if not _CANVAS_ID.match(canvas_id):
+        raise ValueError(f"expected a canvas id matching {_CANVAS_ID.pattern}, got {canvas_id!r}")
+    return f"{_DOC_KIND}:{canvas_id}:{suffix}"
+
+
+def _parse_internal_channel(name: str, suffix: str) -> str | None:
     parts = name.split(":")
-    if len(parts) != 3 or parts[0] != _DOC_KIND or parts[2] != _AWARENESS_SUFFIX:
+    if len(parts) != 3 or parts[0] != _DOC_KIND or parts[2] != suffix:
         return None
     return parts[1] if _CANVAS_ID.match(parts[1]) else None
 
