@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable
 
 from fastapi import APIRouter, WebSocket
+from starlette.routing import WebSocketRoute
 
 from crdt.errors import CrdtError, PeerLeft
 
@@ -26,11 +27,8 @@ from .transport import AsgiSink, TransportSink, open_sink
 from .ws import BEARER_SUBPROTOCOL_PREFIX, authenticate, close, deny
 
 log = logging.getLogger(__name__)
-router = APIRouter()
 
 
-@router.websocket("/api/v1/ws/connect")
-@router.websocket("/ws")
 async def json_socket(websocket: WebSocket) -> None:
     """One JSON-protocol client: JSON text frames, or MessagePack with subprotocol ``maily.msgpack.v1``."""
     node: Node = websocket.state.node
@@ -165,3 +163,9 @@ async def _acks(gateway: Gateway, session: Session) -> None:
             data["offset"] = publication.offset
             data["channel"] = publication.channel
         session.send("ack", data, pending.trace_id)
+
+
+# plain Starlette routes, as for /yjs: FastAPI's dependency machinery costs kilobytes per connection
+router = APIRouter()
+router.routes.append(WebSocketRoute("/api/v1/ws/connect", json_socket, name="json"))
+router.routes.append(WebSocketRoute("/ws", json_socket, name="json_alias"))
