@@ -293,7 +293,10 @@ async def test_two_node_clients_joining_a_loading_room_sync_quickly(node_deps, s
     _, load_began, load_ended = loads[0]
     assert took_s < 10, f"the Node clients took {took_s:.1f} s from their start to their exit"
     for done in (done_a, done_b):
-        assert load_began <= done["openedAt"] / 1000 < load_ended, "the client joined after the load finished"
+        # the server accepts the upgrade before it loads the room, so the first client's socket opens
+        # a moment before the load it starts (Date.now() is also cut to milliseconds): allow 1 s
+        opened = done["openedAt"] / 1000
+        assert load_began - 1.0 <= opened < load_ended, "the client joined after the load finished"
         assert done["statuses"] == ["connected"], done
         assert done["closes"] == [], done
         assert done["warnings"] == [], done
