@@ -223,6 +223,8 @@ def _describe(canvas_id: str, item: ItemChange, tag: EditTag | None) -> dict[str
         data = {"canvasId": canvas_id, "action": action, "layerId": item.item_id}
     if item.action != "delete":
         data["properties"] = properties
+        if item.removed:  # tells a removed field apart from one set to null
+            data["removedProperties"] = sorted(item.removed)
     if item.position is not None:
         data["position"] = item.position
     return data

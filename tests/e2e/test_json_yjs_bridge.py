@@ -134,3 +134,17 @@ async def test_json_edit_makes_an_idle_user_active_again(server_factory, sqlite_
             "presence", lambda m: m["data"]["event"] == "active" and m["data"]["user"]["id"] == "bob"
         )
         assert active["data"]["canvasId"] == "idle"
+
+
+async def test_a_removed_property_is_told_apart_from_one_set_to_null(server) -> None:
+    async with json_client(server.ws_url, mint("jane")) as jane:
+        await jane.subscribe("canvas:rm")
+        async with yjs_client(server.ws_url, "rm", mint("yann")) as (doc, _, _):
+            elements(doc)["e1"] = Map({"type": "rect", "fill": "#fff", "stroke": "#000"})
+            await jane.expect("canvas_updated", lambda m: m["data"]["action"] == "add")
+            with doc.transaction():
+                del elements(doc)["e1"]["fill"]
+                elements(doc)["e1"]["stroke"] = None
+            update = await jane.expect("canvas_updated", lambda m: m["data"]["action"] == "update")
+            assert update["data"]["removedProperties"] == ["fill"]
+            assert update["data"]["properties"] == {"fill": None, "stroke": None}
