@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from crdt.errors import CrdtError
-from crdt.frame import OutFrame
+from crdt.frame import OutFrame, close_frame
 
 from .errors import close_code_for
 
@@ -84,7 +83,7 @@ class TransportSink:
         if self._protocol.close_sent or transport.is_closing():
             return
         self._protocol.close_sent = True  # uvicorn must not write to this connection any more
-        transport.write(_close_frame(close_code_for(error), error.code))
+        transport.write(close_frame(close_code_for(error), error.code))
         transport.close()  # after the buffer is flushed
         asyncio.get_running_loop().call_later(self._evict_timeout_s, transport.abort)
 
@@ -124,12 +123,6 @@ class AsgiSink:
                 await self._websocket.send_text(frame.payload.decode("utf-8"))
             else:
                 await self._websocket.send_bytes(frame.payload)
-
-
-def _close_frame(code: int, reason: str) -> bytes:
-    """An RFC 6455 close frame (server side: unmasked); the reason is cut to fit a control frame."""
-    payload = struct.pack("!H", code) + reason.encode("utf-8")[:123]
-    return bytes((0x88, len(payload))) + payload
 
 
 def open_sink(websocket: WebSocket, *, max_buffer_bytes: int, queue_max: int) -> TransportSink | AsgiSink:

@@ -9,6 +9,8 @@ import struct
 
 _OPCODE_TEXT = 0x1
 _OPCODE_BINARY = 0x2
+_OPCODE_CLOSE = 0x8
+_MAX_CLOSE_REASON_BYTES = 123  # a control frame carries at most 125 bytes, 2 of them the code
 _FIN = 0x80
 
 
@@ -30,15 +32,22 @@ class OutFrame:
     def wire(self) -> bytes:
         """The complete, unmasked, unfragmented server frame (FIN set, no extensions)."""
         if self._wire is None:
-            self._wire = _frame_header(len(self.payload), self.text) + self.payload
+            opcode = _OPCODE_TEXT if self.text else _OPCODE_BINARY
+            self._wire = _frame_header(len(self.payload), opcode) + self.payload
         return self._wire
 
     def __len__(self) -> int:
         return len(self.payload)
 
 
-def _frame_header(length: int, text: bool) -> bytes:
-    first = _FIN | (_OPCODE_TEXT if text else _OPCODE_BINARY)
+def close_frame(code: int, reason: str) -> bytes:
+    """A complete server close frame with ``code``; ``reason`` is cut to fit a control frame."""
+    payload = struct.pack("!H", code) + reason.encode("utf-8")[:_MAX_CLOSE_REASON_BYTES]
+    return _frame_header(len(payload), _OPCODE_CLOSE) + payload
+
+
+def _frame_header(length: int, opcode: int) -> bytes:
+    first = _FIN | opcode
     if length < 126:
         return bytes((first, length))
     if length < 1 << 16:

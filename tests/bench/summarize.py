@@ -6,9 +6,10 @@ Usage: python tests/bench/summarize.py bench-results/latest.json
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 from collections import defaultdict
+
+from run_fanout import _median  # a sibling script: run as python tests/bench/summarize.py
 
 ROWS = [
     ("server CPU µs per delivered update", "server_us_per_delivery", "{:.1f}"),
@@ -20,9 +21,8 @@ ROWS = [
 ]
 
 
-def _median(runs: list[dict], key: str) -> float | None:
-    values = [run[key] for run in runs if run.get(key) is not None]
-    return statistics.median(values) if values else None
+def _median_of(runs: list[dict], key: str) -> float | None:
+    return _median([run.get(key) for run in runs])
 
 
 def summarize(result: dict) -> str:
@@ -37,7 +37,7 @@ def summarize(result: dict) -> str:
     for label, key, fmt in ROWS:
         cells = []
         for n in counts:
-            ours, base = _median(runs[(n, "ours")], key), _median(runs[(n, "baseline")], key)
+            ours, base = _median_of(runs[(n, "ours")], key), _median_of(runs[(n, "baseline")], key)
             if ours is None or base is None:
                 cells.append("-")
                 continue

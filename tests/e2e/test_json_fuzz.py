@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.codec import CLIENT_TYPES
 from tests.conftest import mint
 from tests.jsonclient import json_client
 
@@ -20,20 +21,7 @@ values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=15,
 )
-types = st.sampled_from(
-    [
-        "connection_init",
-        "subscribe",
-        "unsubscribe",
-        "canvas_update",
-        "cursor_position",
-        "cursor_batch",
-        "ai_request",
-        "token_refresh",
-        "heartbeat",
-        "nope",
-    ]
-)
+types = st.sampled_from([*sorted(CLIENT_TYPES), "nope"])
 envelopes = st.fixed_dictionaries(
     {
         "type": types,
